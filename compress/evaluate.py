@@ -1,0 +1,147 @@
+"""Evaluation against the Runtime protocol: perplexity, KL and top-1 agreement, multiple choice.
+
+    cfg = EvalConfig(max_tokens=8192)
+    result = evaluate(runtime, tokenizer, cfg, reference=ref_runtime)
+
+Every runtime (PyTorch, onnxruntime, llama.cpp) gets the same token ids and the same arithmetic, so
+their numbers are comparable. Window rules (BOS, stride) are in :mod:`compress.data`.
+
+- perplexity: exp(mean NLL) over every scored token of the text;
+- KL: mean over the same tokens of KL(reference || model) of the next-token distributions;
+- top-1 agreement: share of those tokens where both put the same token first;
+- multiple choice: BIG-bench prompts; each choice scored by the sum of its tokens' log-likelihoods
+  given the prompt; accuracy = share of examples where the gold choice scores highest. ``mc_limit``
+  examples per task are drawn with a fixed seed (0 = all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import StageConfig, register_config
+from .data import TASKS, load_mc_task, load_text, text_windows, tokenize_text, uses_bos
+from .errors import ConfigError
+from .progress import track
+
+_CHUNK = 128  # positions per log-softmax block: bounds memory with Gemma's 262k vocabulary
+
+
+@register_config("eval")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig(StageConfig):
+    data: str = "moby-dick"
+    window: int = 512
+    stride: int = 512
+    max_tokens: int = 8192
+    tasks: tuple[str, ...] = tuple(TASKS)
+    mc_limit: int = 100
+    threads: int = 2
+
+    def validate(self) -> None:
+        for name in ("window", "stride", "max_tokens", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name}: {getattr(self, name)} must be >= 1")
+        if self.mc_limit < 0:
+            raise ConfigError(f"eval.mc_limit: {self.mc_limit} must be >= 0 (0 = every example)")
+        if self.stride > self.window:
+            raise ConfigError(f"eval.stride: {self.stride} is larger than eval.window {self.window}")
+
+
+@dataclasses.dataclass
+class EvalResult:
+    runtime: str
+    data: str
+    tokens: int
+    windows: int
+    bos: bool
+    perplexity: float
+    kl: float | None = None
+    top1_agreement: float | None = None
+    mc: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def evaluate(runtime, tokenizer, cfg: EvalConfig, *, reference=None) -> EvalResult:
+    """Run the text and multiple-choice evaluation of ``cfg`` through ``runtime``."""
+    text = load_text(cfg.data)
+    bos_id = tokenizer.bos_token_id if uses_bos(tokenizer) else None
+    ids = tokenize_text(tokenizer, text.text, cfg.max_tokens)
+    windows = text_windows(ids, window=cfg.window, stride=cfg.stride, bos_id=bos_id, source=text.name)
+    tasks = [load_mc_task(t) for t in cfg.tasks]  # fail on a bad task before the long text pass
+    t0 = time.perf_counter()
+    scores = score_windows(runtime, windows, reference=reference)
+    result = EvalResult(runtime=runtime.name, data=text.name, tokens=scores["tokens"], windows=len(windows),
+                        bos=bos_id is not None, perplexity=scores["perplexity"], kl=scores.get("kl"),
+                        top1_agreement=scores.get("top1_agreement"))
+    result.seconds["text"] = round(time.perf_counter() - t0, 2)
+    for task in tasks:
+        t1 = time.perf_counter()
+        result.mc[task.name] = mc_accuracy(runtime, tokenizer, task, limit=cfg.mc_limit)
+        result.seconds[task.name] = round(time.perf_counter() - t1, 2)
+    return result
+
+
+def score_windows(runtime, windows, *, reference=None) -> dict[str, float]:
+    """Perplexity of ``runtime`` over the windows; with a reference, KL and top-1 agreement too."""
+    nll_sum, kl_sum, agree, n = 0.0, 0.0, 0, 0
+    for w in track(windows, f"scoring text ({runtime.name})"):
+        logits = runtime.logits(w.input_ids)
+        ref = reference.logits(w.input_ids) if reference is not None else None
+        targets = torch.tensor(w.input_ids[w.first_target:])
+        for a in range(0, len(targets), _CHUNK):
+            lo, hi = w.first_target - 1 + a, w.first_target - 1 + min(a + _CHUNK, len(targets))
+            tgt = targets[a:a + _CHUNK]
+            logp = torch.log_softmax(torch.from_numpy(np.ascontiguousarray(logits[lo:hi])).float(), -1)
+            nll_sum += float(-logp.gather(1, tgt[:, None]).sum())
+            if ref is not None:
+                ref_logp = torch.log_softmax(torch.from_numpy(np.ascontiguousarray(ref[lo:hi])).float(), -1)
+                kl_sum += float((ref_logp.exp() * (ref_logp - logp)).sum())
+                agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
+            n += len(tgt)
+    out = {"tokens": n, "perplexity": math.exp(nll_sum / n)}
+    if reference is not None:
+        out["kl"] = max(kl_sum / n, 0.0)  # float rounding can leave -1e-9 for identical models
+        out["top1_agreement"] = agree / n
+    return out
+
+
+def mc_accuracy(runtime, tokenizer, task, *, limit: int = 0) -> dict[str, float]:
+    """Accuracy on one multiple-choice task, with chance level for context."""
+    examples = list(task.examples)
+    if limit and len(examples) > limit:
+        examples = random.Random(0).sample(examples, limit)
+    bos = [tokenizer.bos_token_id] if uses_bos(tokenizer) else []
+    correct = 0
+    for ex in track(examples, f"{task.name} ({runtime.name})"):
+        ctx, lead = ex.prompt.rstrip(" "), " " * (len(ex.prompt) - len(ex.prompt.rstrip(" ")))
+        ctx_tokens = tokenizer(ctx, add_special_tokens=False).input_ids
+        ctx_ids = bos + ctx_tokens
+        scores = []
+        for choice in ex.choices:
+            ids = ctx_ids + _continuation_ids(tokenizer, ctx, ctx_tokens, lead + choice)
+            cont_ids = ids[len(ctx_ids):]
+            logp = torch.log_softmax(torch.from_numpy(runtime.logits(ids)[len(ctx_ids) - 1:-1]).float(), -1)
+            scores.append(float(logp.gather(1, torch.tensor(cont_ids)[:, None]).sum()))
+        correct += int(int(np.argmax(scores)) == ex.correct)
+    chance = float(np.mean([1 / len(e.choices) for e in examples]))
+    return {"accuracy": correct / len(examples), "n": len(examples), "chance": chance}
+
+
+def _continuation_ids(tokenizer, ctx: str, ctx_tokens: list[int], cont: str) -> list[int]:
+    """Tokens of ``cont`` as they appear after ``ctx`` (joint tokenization when it keeps the
+    context's tokens intact, else the continuation alone)."""
+    joint = tokenizer(ctx + cont, add_special_tokens=False).input_ids
+    n = len(ctx_tokens)
+    if joint[:n] == ctx_tokens and len(joint) > n:
+        return joint[n:]
+    return tokenizer(cont, add_special_tokens=False).input_ids

@@ -1,0 +1,114 @@
+"""GGUF → transformers, proved against llama.cpp.
+
+transformers can dequantize a GGUF into a dense fp32 model, but it can also build it wrongly with
+identical weights: 4.57 gives Gemma3 the wrong rope settings (perplexity 140 instead of 16), and a
+folder saved by 5.x and read by 4.57 silently loses SmolLM2's rope_theta (+11% perplexity). Only an
+independent runtime catches that, so every import is scored on the same token ids by the imported
+model and by llama.cpp running the same GGUF, and refused when they disagree. The llama.cpp figure is
+stored in the fetch manifest, so every later reload of the saved folder is checked against it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import load_text, tokenize_text, uses_bos
+from .errors import ImportMismatchError, MissingBackendError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# llama.cpp multiplies Q4/Q8 blocks with 8-bit activations while transformers uses the dequantized
+# fp32 weights: on the bundled models that costs <1% perplexity. Broken rope settings cost 11% to 800%.
+DEFAULT_TOLERANCE = 0.03
+CHECK_TOKENS = 128
+
+
+def load_gguf(path: Path) -> tuple[Any, Any]:
+    """Dequantize a GGUF into a transformers model (fp32, eval mode) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        raise ModelLoadError(f"{path}: transformers cannot build a model from this GGUF ({e})") from None
+    strip_gguf_marker(model)
+    model.eval()
+    return model, tok
+
+
+def strip_gguf_marker(model) -> None:
+    """The weights are plain fp32 after import; without the GGUF quantizer marker transformers
+    will save them (otherwise: 'quantized with gguf and is not serializable')."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def check_ids(tokenizer, n_tokens: int = CHECK_TOKENS) -> list[int]:
+    """The fixed token ids every import is checked on: the start of the bundled evaluation text."""
+    ids = tokenize_text(tokenizer, load_text("moby-dick").text[:4 * n_tokens * 4], max_tokens=n_tokens)
+    return ([tokenizer.bos_token_id] if uses_bos(tokenizer) else []) + ids
+
+
+def token_nll(logits: np.ndarray | torch.Tensor, ids: list[int]) -> np.ndarray:
+    """Negative log-likelihood of ids[1:] given the logits at positions [:-1]."""
+    lg = torch.as_tensor(np.asarray(logits[: len(ids) - 1]), dtype=torch.float32)
+    logp = torch.log_softmax(lg, dim=-1)
+    tgt = torch.tensor(ids[1:]).unsqueeze(1)
+    return (-logp.gather(1, tgt).squeeze(1)).numpy()
+
+
+@torch.inference_mode()
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def llamacpp_logits(gguf: Path, ids: list[int], threads: int = 2) -> np.ndarray:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise MissingBackendError("the import check needs llama.cpp: pip install llama-cpp-python") from None
+    llm = Llama(model_path=str(gguf), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)), logits_all=True,
+                n_threads=threads, verbose=False)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def compare(model, tokenizer, gguf: Path, *, n_tokens: int = CHECK_TOKENS,
+            tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+    """Score the check text with the imported model and llama.cpp; raise when they disagree."""
+    ids = check_ids(tokenizer, n_tokens)
+    t_logits = torch_logits(model, ids)
+    l_logits = llamacpp_logits(gguf, ids)
+    ppl_t = float(math.exp(token_nll(t_logits, ids).mean()))
+    ppl_l = float(math.exp(token_nll(l_logits, ids).mean()))
+    agree = float((t_logits[:-1].argmax(-1) == l_logits[:-1].argmax(-1)).mean())
+    report = {"check_ids": ids, "llamacpp_perplexity": ppl_l, "torch_perplexity": ppl_t,
+              "top1_agreement": agree, "tolerance": tolerance}
+    verify_against(report, ppl_t, where=str(gguf))
+    return report
+
+
+def verify_against(report: dict[str, Any], torch_ppl: float, *, where: str) -> None:
+    """Refuse when ``torch_ppl`` is off the stored llama.cpp perplexity by more than the tolerance."""
+    ref, tol = report["llamacpp_perplexity"], report["tolerance"]
+    ratio = torch_ppl / ref
+    if not (1 / (1 + tol) <= ratio <= 1 + tol):
+        import transformers
+
+        raise ImportMismatchError(
+            f"{where}: transformers {transformers.__version__} and llama.cpp disagree on the same "
+            f"{len(report['check_ids'])} tokens: perplexity {torch_ppl:.3f} vs {ref:.3f} (ratio {ratio:.3f}, "
+            f"tolerance ±{tol:.0%}); the model was built wrongly (rope settings?) - use transformers>=5.23"
+        )
+    log.info("import check %s: perplexity %.3f vs llama.cpp %.3f", where, torch_ppl, ref)

@@ -1,0 +1,237 @@
+"""Artifact directories: every stage output carries ``manifest.json`` and appears only when complete.
+
+    with ArtifactWriter(out_dir, stage="fetch", config=cfg, input_id=src_id) as art:
+        model.save_pretrained(art.path)
+        art.report["perplexity"] = 12.3
+    # out_dir now exists, with manifest.json written last
+
+The writer fills a hidden sibling ``.NAME.tmp-PID-XXXX`` and renames it into place only after the
+manifest is written, so a crash, Ctrl-C or kill -9 never leaves a directory under the final name. The
+manifest records file sizes, so a truncated file is caught when the artifact is read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import StageConfig
+from .errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+_LIBRARIES = ("compress-llm", "torch", "transformers", "tokenizers", "safetensors", "gguf",
+              "llama-cpp-python", "onnx", "onnxruntime", "numpy")
+
+
+@dataclasses.dataclass
+class Manifest:
+    stage: str
+    config: dict[str, Any]
+    input_id: str | None
+    content_id: str
+    versions: dict[str, str]
+    git_revision: str | None
+    wall_time_s: float
+    report: dict[str, Any]
+    files: dict[str, int]
+    created: str
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False, default=_json_default)
+
+
+def content_id(stage: str, config: StageConfig | dict[str, Any], input_id: str | None) -> str:
+    """Hash of stage + config + input id: equal ids mean the same work on the same input."""
+    cfg = config.to_dict() if isinstance(config, StageConfig) else config
+    blob = json.dumps({"stage": stage, "config": cfg, "input": input_id}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str | None:
+    """The git revision of this compress checkout (None when installed from a wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
+    """Read and check an artifact's manifest; ArtifactError names what is missing or corrupt."""
+    d = Path(path)
+    if not d.exists():
+        raise ArtifactError(f"{d}: artifact does not exist")
+    if not d.is_dir():
+        raise ArtifactError(f"{d}: not an artifact directory")
+    mf = d / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"{d}: no {MANIFEST} (not a compress artifact, or an unfinished one)")
+    try:
+        raw = json.loads(mf.read_text())
+        m = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mf}: corrupt manifest ({e})") from None
+    if check_files:
+        for name, size in m.files.items():
+            f = d / name
+            if not f.is_file():
+                raise ArtifactError(f"{d}: corrupt artifact, {name} listed in the manifest is missing")
+            actual = f.stat().st_size
+            if actual != size:
+                raise ArtifactError(f"{f}: corrupt artifact, {actual} bytes but the manifest says {size}")
+    return m
+
+
+def is_complete(path: str | Path, content: str | None = None) -> bool:
+    """True when ``path`` holds a readable artifact (with the given content id, if one is given)."""
+    try:
+        m = read_manifest(path)
+    except ArtifactError:
+        return False
+    return content is None or m.content_id == content
+
+
+class ArtifactWriter:
+    """Context manager that builds an artifact in a temporary sibling and renames it into place.
+
+    Refuses an existing non-empty ``out_dir`` unless ``force``. On any exception (KeyboardInterrupt
+    included) the temporary directory is removed and the exception propagates.
+    """
+
+    def __init__(self, out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None,
+                 force: bool = False):
+        self.out_dir = Path(out_dir).absolute()
+        self.stage, self.config, self.input_id, self.force = stage, config, input_id, force
+        self.content_id = content_id(stage, config, input_id)
+        self.report: dict[str, Any] = {}
+        self.path: Path = self.out_dir  # replaced by the temporary directory on enter
+        self._t0 = 0.0
+
+    def __enter__(self) -> ArtifactWriter:
+        check_writable_target(self.out_dir, force=self.force)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(self.out_dir)
+        self.path = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path.mkdir()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        try:
+            self._finish()
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def _finish(self) -> None:
+        files = {}
+        for f in sorted(self.path.rglob("*")):
+            if f.is_file() and f.name != MANIFEST:
+                files[f.relative_to(self.path).as_posix()] = f.stat().st_size
+        m = Manifest(stage=self.stage, config=self.config.to_dict(), input_id=self.input_id,
+                     content_id=self.content_id, versions=library_versions(), git_revision=git_revision(),
+                     wall_time_s=round(time.perf_counter() - self._t0, 3), report=self.report, files=files,
+                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        _write_atomic(self.path / MANIFEST, m.to_json())
+        if self.out_dir.exists():  # only reachable with force (checked on enter)
+            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.out_dir, trash)
+            os.rename(self.path, self.out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(self.path, self.out_dir)
+        self.manifest = m
+        log.info("wrote %s (%s)", self.out_dir, self.content_id)
+
+
+def check_writable_target(out_dir: Path, *, force: bool) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ArtifactError(f"{out_dir}: exists and is not a directory")
+        if any(out_dir.iterdir()) and not force:
+            raise ArtifactError(f"{out_dir}: output directory exists and is not empty (use --force to replace it)")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Remove temporaries of earlier runs whose process is gone (kill -9 leaves them behind)."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        try:
+            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, used as the input id of raw files such as GGUFs."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

@@ -1,0 +1,183 @@
+"""One way to name a model everywhere: a local folder, a ``.gguf`` file, a bundled name, or a hub id.
+
+    lm = load_model("smollm2-135m")                 # bundled: fetched once into the cache
+    lm = load_model("path/to/model.gguf")           # dequantized, then checked against llama.cpp
+    lm = load_model("./my-hf-folder")               # safetensors; pickle refused unless allowed
+    lm = load_model("HuggingFaceTB/SmolLM2-135M")   # hub id, for users who are online
+
+:func:`resolve_model` only looks at names and paths (cheap, for ``--dry-run``); :func:`load_model`
+loads weights. Artifacts of later stages (e.g. quantized models) register a loader keyed by the
+stage in their manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import bundled as _bundled
+from .checkpoints import check_gguf, inspect_hf_folder
+from .errors import ModelLoadError
+from .manifest import MANIFEST, file_digest, read_manifest
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    spec: str
+    kind: str  # "bundled" | "gguf" | "hf_dir" | "hub"
+    path: Path | None = None
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel (or a stage's wrapper of one)
+    tokenizer: Any
+    source: ModelSource
+    model_id: str
+    checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", ".", "~")) or s.count("/") > 1 or s.endswith((".gguf", ".safetensors", ".json"))
+
+
+def resolve_model(spec: str | Path) -> ModelSource:
+    """Classify a model argument without loading anything; raise ModelLoadError for what cannot be."""
+    s = str(spec)
+    p = Path(s).expanduser()
+    if p.exists():
+        if p.is_dir():
+            return ModelSource(s, "hf_dir", p)
+        if p.suffix == ".gguf":
+            return ModelSource(s, "gguf", p)
+        raise ModelLoadError(f"{s}: not a model folder or a .gguf file")
+    if s in _bundled.BUNDLED:
+        return ModelSource(s, "bundled")
+    if _looks_like_path(s):
+        raise ModelLoadError(f"{s}: path does not exist")
+    if _HUB_ID.fullmatch(s):
+        return ModelSource(s, "hub")
+    _bundled.bundled(s)  # raises, listing the bundled names
+    raise AssertionError("unreachable")
+
+
+# manifest stage -> loader(folder, manifest) for artifacts that are not plain HF folders
+ArtifactLoader = Callable[[Path, Any], LoadedModel]
+_ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
+
+
+def register_artifact_loader(stage: str, loader: ArtifactLoader) -> None:
+    _ARTIFACT_LOADERS[stage] = loader
+
+
+def load_model(spec: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+               verify: bool = True) -> LoadedModel:
+    """Load any model argument as a dense transformers model plus tokenizer (fp32, eval mode)."""
+    src = resolve_model(spec)
+    if src.kind == "bundled":
+        from .fetch import ensure_fetched
+
+        folder = ensure_fetched(src.spec)
+        lm = _load_folder(folder, src, allow_pickle=False, trust_remote_code=False, verify=verify)
+        return lm
+    if src.kind == "gguf":
+        return _load_gguf(src, verify=verify)
+    if src.kind == "hf_dir":
+        return _load_folder(src.path, src, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                            verify=verify)
+    return _load_hub(src, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(spec: str | Path) -> Any:
+    """The tokenizer alone (fast: no weights)."""
+    from transformers import AutoTokenizer
+
+    src = resolve_model(spec)
+    if src.kind == "bundled":
+        from .fetch import ensure_fetched
+
+        return AutoTokenizer.from_pretrained(str(ensure_fetched(src.spec)))
+    if src.kind == "gguf":
+        return AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
+    return AutoTokenizer.from_pretrained(str(src.path) if src.path else src.spec)
+
+
+def _load_gguf(src: ModelSource, *, verify: bool) -> LoadedModel:
+    from .gguf_import import compare, load_gguf
+
+    check_gguf(src.path)
+    model, tok = load_gguf(src.path)
+    checks = compare(model, tok, src.path) if verify else {}
+    return LoadedModel(model, tok, src, "gguf:" + file_digest(src.path)[:16], checks)
+
+
+def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_remote_code: bool,
+                 verify: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+    if manifest is not None and manifest.stage in _ARTIFACT_LOADERS:
+        return _ARTIFACT_LOADERS[manifest.stage](folder, manifest)
+    info = inspect_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch.float32, use_safetensors=not info.pickle, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"{folder}: transformers cannot load this folder ({_first_line(e)})") from None
+    model.eval()
+    checks: dict[str, Any] = {}
+    if manifest is not None and "llamacpp_perplexity" in manifest.report and verify:
+        checks = _reload_check(model, folder, manifest.report)
+    model_id = manifest.content_id if manifest else _folder_id(folder, info.weights)
+    return LoadedModel(model, tok, src, model_id, checks)
+
+
+def _reload_check(model, folder: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """A saved import is checked on every reload against llama.cpp's stored perplexity: a different
+    transformers may read the same folder differently (e.g. ignore `rope_parameters`)."""
+    import math
+
+    from .gguf_import import token_nll, torch_logits, verify_against
+
+    ids = report["check_ids"]
+    ppl = float(math.exp(token_nll(torch_logits(model, ids), ids).mean()))
+    verify_against(report, ppl, where=str(folder))
+    return {"torch_perplexity": ppl, "llamacpp_perplexity": report["llamacpp_perplexity"]}
+
+
+def _load_hub(src: ModelSource, *, allow_pickle: bool, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(src.spec, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(src.spec, dtype=torch.float32,
+                                                     use_safetensors=None if allow_pickle else True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{src.spec}: cannot load from the hub ({_first_line(e)})") from None
+    model.eval()
+    return LoadedModel(model, tok, src, "hub:" + src.spec)
+
+
+def _folder_id(folder: Path, weights: tuple[Path, ...]) -> str:
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for w in weights:
+        h.update(json.dumps([w.name, w.stat().st_size]).encode())
+    return "dir:" + h.hexdigest()[:16]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,14 @@
+"""Runtimes behind one protocol: the same token ids go through PyTorch, onnxruntime and llama.cpp.
+
+    rt = get_runtime("pytorch")
+    rt.load("smollm2-135m", DeviceProfile())
+    logits = rt.logits([1, 2, 3])          # (3, vocab) float32
+    gen = rt.generate([1, 2, 3], max_new_tokens=16)
+
+Accuracy and latency code only sees :class:`Runtime`; backends import lazily and raise
+``MissingBackendError`` with the install command when absent.
+"""
+
+from .base import DeviceProfile, Generation, Runtime, get_runtime, known_runtimes
+
+__all__ = ["DeviceProfile", "Generation", "Runtime", "get_runtime", "known_runtimes"]

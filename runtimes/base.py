@@ -1,0 +1,86 @@
+"""The Runtime protocol, device profiles and the runtime registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from compress.config import suggest
+from compress.errors import ConfigError, MissingBackendError
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProfile:
+    """Where a model runs: thread count and budgets (MB). ``None`` budgets are unlimited."""
+
+    name: str = "laptop"
+    threads: int = 2
+    memory_budget_mb: float | None = None
+    storage_budget_mb: float | None = None
+    preferred_runtime: str = "pytorch"
+
+
+@dataclasses.dataclass
+class Generation:
+    """Greedy generation result with its timings (seconds) and speeds (tokens/s)."""
+
+    prompt_ids: list[int]
+    new_ids: list[int]
+    time_to_first_token_s: float
+    total_s: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        n = len(self.new_ids) - 1  # the first new token comes out of prefill
+        dt = self.total_s - self.time_to_first_token_s
+        return n / dt if n > 0 and dt > 0 else float("nan")
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        t = self.time_to_first_token_s
+        return len(self.prompt_ids) / t if t > 0 else float("nan")
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    name: str
+
+    def load(self, artifact: str | Path, profile: DeviceProfile) -> None: ...
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits at every position: float32 array of shape (len(token_ids), vocab)."""
+        ...
+
+    def generate(self, token_ids: Sequence[int], max_new_tokens: int) -> Generation: ...
+
+    def version(self) -> str: ...
+
+
+# name -> (module, class, pip requirement that provides the backend)
+_RUNTIMES: dict[str, tuple[str, str, str]] = {
+    "pytorch": ("runtimes.torch_runtime", "TorchRuntime", "torch==2.13.0"),
+}
+
+
+def register_runtime(name: str, module: str, cls: str, requirement: str) -> None:
+    _RUNTIMES[name] = (module, cls, requirement)
+
+
+def known_runtimes() -> list[str]:
+    return sorted(_RUNTIMES)
+
+
+def get_runtime(name: str) -> Runtime:
+    """A new, unloaded runtime by name; imports its backend lazily."""
+    if name not in _RUNTIMES:
+        raise ConfigError(f"unknown runtime {name!r}{suggest(name, _RUNTIMES)}; known: {', '.join(known_runtimes())}")
+    module, cls, requirement = _RUNTIMES[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise MissingBackendError(f"runtime {name!r} needs {e.name or requirement}: pip install '{requirement}'") from None
+    return getattr(mod, cls)()
