@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -39,6 +40,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
                         handlers=[RichHandler(console=err, show_path=False)])
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.WARNING)
+    # transformers' own tqdm bars ("Loading weights") would put extra lines around the one-line errors
+    # on stderr; progress is shown by compress.progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers.utils.logging" in sys.modules:  # imported already (in-process use): env is read too late
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
 
 
 @app.command()
@@ -119,7 +125,7 @@ def eval_(
         ref = TorchRuntime()
         ref.load(reference, profile, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     result = evaluate(rt, rt.tokenizer, cfg, reference=ref)
-    payload = {"model": model, "model_id": rt.loaded.model_id, "reference": reference,
+    payload = {"model": model, "model_id": rt.loaded.model_id, "import_check": rt.loaded.checks, "reference": reference,
                "reference_id": ref.loaded.model_id if ref else None, "load_s": round(load_s, 2),
                "config": cfg.to_dict(), "result": result.to_dict()}
     if as_json:
@@ -141,6 +147,10 @@ def _print_eval(p: dict[str, Any]) -> None:
         t.add_row("top-1 agreement", f"{r['top1_agreement']:.2%}", "")
     for name, m in r["mc"].items():
         t.add_row(f"MC {name}", f"{m['accuracy']:.1%}", f"{m['n']} examples, chance {m['chance']:.1%}")
+    chk = p.get("import_check") or {}
+    if "llamacpp_perplexity" in chk:
+        t.add_row("import check", "ok", f"perplexity {chk['torch_perplexity']:.2f} here vs "
+                                        f"{chk['llamacpp_perplexity']:.2f} in llama.cpp on the same tokens")
     t.add_row("load time", f"{p['load_s']:.1f} s", "")
     t.add_row("eval time", f"{sum(r['seconds'].values()):.1f} s", f"text {r['seconds']['text']:.1f} s")
     out.print(t)
@@ -169,6 +179,9 @@ def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
         if k != "check_ids":
             t.add_row(f"report.{k}", json.dumps(v) if not isinstance(v, str) else v)
     out.print(t)
+
+
+__import__("compress.quantize.cli", fromlist=["register"]).register(app)  # issue #3: compress quantize
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ Named texts (shipped in ``compress/data``; see its README for sources and licenc
 Windows (:func:`text_windows`): the text is tokenized once without special tokens and cut into
 windows of ``window`` tokens. When the tokenizer puts BOS first by default (Gemma), every window
 starts with BOS, which costs one slot: Gemma's perplexity triples without it. Consecutive windows start
-``stride`` tokens apart; each token is scored once, in the first window whose context reaches it, so
+``stride`` tokens apart (at most the window's text span, i.e. no overlap); each token is scored once, in the first window whose context reaches it, so
 with ``stride == window`` windows do not overlap and the first token of a window (without BOS) is
 not scored.
 """
@@ -92,8 +92,9 @@ def text_windows(ids: Sequence[int], *, window: int, stride: int, bos_id: int | 
     span = window - (1 if bos_id is not None else 0)
     if span < 2:
         raise DataError(f"window={window} is too small (need at least {2 + (bos_id is not None)})")
-    if not 1 <= stride <= span:
-        raise DataError(f"stride={stride} must be between 1 and the window's text span {span}")
+    if stride < 1:
+        raise DataError(f"stride={stride} must be >= 1")
+    stride = min(stride, span)  # stride == window means "no overlap", also when BOS takes a slot
     n = len(ids)
     if n < span:
         raise DataError(f"{source}: too short, {n} tokens but the window needs at least {span}")

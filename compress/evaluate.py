@@ -130,7 +130,9 @@ def mc_accuracy(runtime, tokenizer, task, *, limit: int = 0) -> dict[str, float]
         for choice in ex.choices:
             ids = ctx_ids + _continuation_ids(tokenizer, ctx, ctx_tokens, lead + choice)
             cont_ids = ids[len(ctx_ids):]
-            logp = torch.log_softmax(torch.from_numpy(runtime.logits(ids)[len(ctx_ids) - 1:-1]).float(), -1)
+            # rows for positions len(ctx_ids)-1 .. len(ids)-2 predict the continuation's tokens
+            rows = runtime.logits(ids, last=len(cont_ids) + 1)[:-1]
+            logp = torch.log_softmax(torch.from_numpy(np.ascontiguousarray(rows)).float(), -1)
             scores.append(float(logp.gather(1, torch.tensor(cont_ids)[:, None]).sum()))
         correct += int(int(np.argmax(scores)) == ex.correct)
     chance = float(np.mean([1 / len(e.choices) for e in examples]))

@@ -51,8 +51,9 @@ class Runtime(Protocol):
 
     def load(self, artifact: str | Path, profile: DeviceProfile) -> None: ...
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Next-token logits at every position: float32 array of shape (len(token_ids), vocab)."""
+    def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
+        """Next-token logits: float32 array (len(token_ids), vocab), or only the final ``last`` rows
+        (multiple choice needs just the continuation; with a 262k vocabulary that saves most of the work)."""
         ...
 
     def generate(self, token_ids: Sequence[int], max_new_tokens: int) -> Generation: ...

@@ -33,8 +33,9 @@ class TorchRuntime:
         return self
 
     @torch.inference_mode()
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        out = self.model(torch.tensor([list(token_ids)], dtype=torch.long), use_cache=False)
+    def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
+        out = self.model(torch.tensor([list(token_ids)], dtype=torch.long), use_cache=False,
+                         logits_to_keep=last or 0)  # 0 keeps every position
         return out.logits[0].float().numpy()
 
     @torch.inference_mode()
