@@ -1,0 +1,1 @@
+"""Integration tier: the bundled SmolLM2-135M through short paths (`pytest -m integration`)."""

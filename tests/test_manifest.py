@@ -1,0 +1,176 @@
+"""Artifacts appear under their final name only when complete, and a damaged one is caught on read."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from compress.errors import ArtifactError
+from compress.evaluate import EvalConfig
+from compress.manifest import MANIFEST, ArtifactWriter, content_id, is_complete, read_manifest
+
+
+def _entries(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def _write(out, *, force=False, cfg=None, input_id="in:1"):
+    with ArtifactWriter(out, stage="test", config=cfg or EvalConfig(), input_id=input_id, force=force) as art:
+        (art.path / "weights.bin").write_bytes(b"x" * 1000)
+        (art.path / "sub").mkdir()
+        (art.path / "sub" / "notes.txt").write_text("hello")
+        art.report["perplexity"] = 12.5
+    return art
+
+
+def test_writer_success_writes_manifest_with_file_sizes(tmp_path):
+    out = tmp_path / "art"
+    art = _write(out)
+    assert _entries(tmp_path) == ["art"]  # no temporary left beside it
+    m = read_manifest(out)
+    assert m.files == {"sub/notes.txt": 5, "weights.bin": 1000}
+    assert m.stage == "test"
+    assert m.config == EvalConfig().to_dict()
+    assert m.input_id == "in:1"
+    assert m.content_id == art.content_id == content_id("test", EvalConfig(), "in:1")
+    assert m.report == {"perplexity": 12.5}
+    assert "torch" in m.versions and "python" in m.versions
+    assert json.loads((out / MANIFEST).read_text())["files"]["weights.bin"] == 1000
+    assert is_complete(out) and is_complete(out, m.content_id) and not is_complete(out, "other")
+
+
+def test_exception_inside_writer_leaves_nothing(tmp_path):
+    out = tmp_path / "art"
+    with pytest.raises(ValueError):
+        with ArtifactWriter(out, stage="test", config=EvalConfig(), input_id=None) as art:
+            (art.path / "weights.bin").write_bytes(b"x" * 100)
+            raise ValueError("boom")
+    assert _entries(tmp_path) == []
+
+
+def test_keyboard_interrupt_inside_writer_leaves_nothing(tmp_path):
+    out = tmp_path / "art"
+    with pytest.raises(KeyboardInterrupt):
+        with ArtifactWriter(out, stage="test", config=EvalConfig(), input_id=None) as art:
+            (art.path / "weights.bin").write_bytes(b"x" * 100)
+            assert art.path.name.startswith(".art.tmp-")
+            raise KeyboardInterrupt
+    assert _entries(tmp_path) == []
+
+
+def test_failed_forced_rewrite_keeps_the_previous_artifact(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    before = read_manifest(out)
+    with pytest.raises(RuntimeError):
+        with ArtifactWriter(out, stage="test", config=EvalConfig(window=64, stride=64), input_id="x", force=True):
+            raise RuntimeError("crash")
+    assert read_manifest(out) == before
+    assert _entries(tmp_path) == ["art"]
+
+
+_KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from compress.fetch import FetchConfig  # light import: no torch
+    from compress.manifest import ArtifactWriter
+    with ArtifactWriter(sys.argv[1], stage="test", config=FetchConfig(), input_id=None) as art:
+        (art.path / "weights.bin").write_bytes(b"x" * 100000)
+        print(art.path, flush=True)
+        time.sleep(120)
+""")
+
+
+def test_kill_9_while_writing_leaves_only_a_hidden_temp_that_the_next_writer_removes(tmp_path):
+    out = tmp_path / "art"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        temp_path = proc.stdout.readline().strip()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert temp_path, "the writer subprocess never reached the middle of writing"
+    left = _entries(tmp_path)
+    assert left == [os.path.basename(temp_path)]
+    assert left[0].startswith(f".art.tmp-{proc.pid}-")
+    assert not out.exists() and not is_complete(out)
+
+    _write(out)
+    assert _entries(tmp_path) == ["art"]  # the dead writer's temporary is gone
+    assert read_manifest(out).files["weights.bin"] == 1000
+
+
+def test_temp_of_a_live_writer_is_left_alone(tmp_path):
+    out = tmp_path / "art"
+    live = tmp_path / f".art.tmp-{os.getppid()}-abcd1234"  # our parent process is alive
+    live.mkdir()
+    _write(out)
+    assert _entries(tmp_path) == [live.name, "art"]
+
+
+def test_existing_non_empty_output_is_refused_unless_force(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not empty"):
+        _write(out)
+    assert _entries(out) == ["precious.txt"]
+    assert _entries(tmp_path) == ["art"]
+
+    _write(out, force=True)
+    assert _entries(out) == [MANIFEST, "sub", "weights.bin"]
+    assert _entries(tmp_path) == ["art"]  # the replaced directory is not left behind
+
+
+def test_existing_empty_output_directory_is_used(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    _write(out)
+    assert read_manifest(out).files["weights.bin"] == 1000
+
+
+def test_truncated_file_makes_read_manifest_raise(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    os.truncate(out / "weights.bin", 999)
+    with pytest.raises(ArtifactError, match=r"weights\.bin.*999 bytes but the manifest says 1000"):
+        read_manifest(out)
+    assert not is_complete(out)
+    read_manifest(out, check_files=False)  # the manifest itself is still readable
+
+
+def test_missing_listed_file_makes_read_manifest_raise(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    (out / "sub" / "notes.txt").unlink()
+    with pytest.raises(ArtifactError, match=r"sub/notes\.txt.*missing"):
+        read_manifest(out)
+
+
+def test_corrupt_or_absent_manifest_is_an_artifact_error(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    (out / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="corrupt manifest"):
+        read_manifest(out)
+    (out / MANIFEST).unlink()
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        read_manifest(out)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+
+
+def test_content_id_changes_with_config_and_input_id():
+    base = content_id("eval", EvalConfig(), "dir:1")
+    assert base == content_id("eval", EvalConfig(), "dir:1")
+    assert base == content_id("eval", EvalConfig().to_dict(), "dir:1")
+    assert base != content_id("eval", EvalConfig(window=256, stride=256), "dir:1")
+    assert base != content_id("eval", EvalConfig(), "dir:2")
+    assert base != content_id("eval", EvalConfig(), None)
+    assert base != content_id("fetch", EvalConfig(), "dir:1")
