@@ -1,0 +1,113 @@
+"""``compress export ARTIFACT --format gguf --qtype Q4_0 --out DIR [--force]``.
+
+The command only builds the format's config (the same one a recipe would hold) and calls the stage.
+Formats are a table (:data:`EXPORTERS`): a new format is a function taking an :class:`ExportRequest`
+plus one entry there; format-specific options go into ``ExportRequest.options``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from compress.config import load_config_file, suggest
+from compress.errors import ConfigError
+
+out = Console()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    artifact: str
+    out: Path
+    force: bool = False
+    dry_run: bool = False
+    config: Path | None = None  # a config file of the format's stage (YAML)
+    save_config: Path | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # CLI options given (None = not given)
+
+
+def _gguf(req: ExportRequest) -> None:
+    from export.gguf import GGUFConfig, export_gguf
+
+    cfg = load_config_file(req.config, GGUFConfig) if req.config else GGUFConfig()
+    given = {k: v for k, v in req.options.items() if v is not None}
+    cfg = GGUFConfig.from_dict({**cfg.to_dict(), **given})
+    if req.save_config:
+        req.save_config.write_text(cfg.to_yaml())
+    if req.dry_run:
+        _gguf_dry_run(req, cfg)
+        return
+    path = export_gguf(req.artifact, cfg, req.out, force=req.force)
+    _print_gguf(path)
+
+
+def _gguf_dry_run(req: ExportRequest, cfg) -> None:
+    """Everything that can be checked without reading weights: artifact, architecture, shapes, types,
+    tokenizer, output directory."""
+    from compress.manifest import check_writable_target
+    from export.gguf.export import prepare
+    from export.gguf.plan import summarize
+    from export.gguf.source import open_source
+
+    src = open_source(req.artifact)
+    check_writable_target(Path(req.out).absolute(), force=req.force)
+    spec, dims, plan, _md, tok = prepare(src, cfg)
+    s = summarize(plan)
+    kq = " (F32, then llama.cpp quantizes to " + cfg.qtype + ")" if cfg.qtype.endswith(("_K", "_K_M")) else ""
+    out.print(f"plan: {spec.gguf_arch}, {dims.n_layer} layers, {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB{kq}")
+    out.print(f"types {json.dumps(s['types'])}; decisions {json.dumps(s['decisions'])}; "
+              f"tokenizer {tok['tokenizer_source']}")
+
+
+def _print_gguf(path: Path) -> None:
+    from compress.manifest import read_manifest
+
+    r = read_manifest(path.parent).report
+    v = r["validation"]
+    t = Table(title=str(path), show_header=False)
+    t.add_row("size", f"{r['gguf_bytes'] / 1e6:.1f} MB ({r['input_weight_bytes'] / 1e6:.1f} MB in)")
+    t.add_row("tensors", json.dumps(r["plan"]["types"]) + "  " + json.dumps(r["plan"]["decisions"]))
+    t.add_row("llama.cpp vs PyTorch", f"top-1 {v['top1_agreement']:.2%} (min {v['min_top1']:.1%}), mean KL "
+              f"{v['kl_mean']:.2e} (max {v['max_kl']:.1e}), max |dlogit| {v['max_abs_logit_diff']:.3g} "
+              f"on {v['check_tokens']} tokens")
+    t.add_row("perplexity", f"{v['llamacpp_perplexity']:.3f} llama.cpp vs {v['torch_perplexity']:.3f} PyTorch")
+    t.add_row("tokenizer", f"{r['tokenizer']['tokenizer_source']}; chat template: "
+              f"{'yes' if r['tokenizer']['chat_template'] else 'no'}")
+    for note in r["notes"]:
+        t.add_row("note", note)
+    out.print(t)
+
+
+# format -> handler; the handler builds its stage config from the request and runs the stage
+EXPORTERS: dict[str, Callable[[ExportRequest], None]] = {"gguf": _gguf}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compress export`` to the CLI app."""
+
+    @app.command()
+    def export(
+        artifact: str = typer.Argument(..., help="Artifact folder, model folder or bundled model name."),
+        format: str = typer.Option(..., "--format", "-f", help=f"Output format: {', '.join(EXPORTERS)}."),
+        out_dir: Path = typer.Option(..., "--out", "-o", help="Output artifact directory."),
+        qtype: Optional[str] = typer.Option(None, help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K_M Q5_K_M Q6_K."),
+        embeddings: Optional[str] = typer.Option(None, help="GGUF type of token_embd/output (auto by default)."),
+        check_tokens: Optional[int] = typer.Option(None, help="Token ids compared with PyTorch after writing."),
+        config: Optional[Path] = typer.Option(None, help="Stage config file (YAML); options override it."),
+        save_config: Optional[Path] = typer.Option(None, help="Write the resulting config to this file."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the plan; write nothing."),
+        force: bool = typer.Option(False, help="Replace a non-empty output directory."),
+    ) -> None:
+        """Export an artifact (GGUF for llama.cpp), validated against PyTorch after writing."""
+        if format not in EXPORTERS:
+            raise ConfigError(f"--format: {format!r} is not an export format{suggest(format, EXPORTERS)}; "
+                              f"choose one of: {', '.join(EXPORTERS)}")
+        options = {"qtype": qtype, "embeddings": embeddings, "check_tokens": check_tokens}
+        EXPORTERS[format](ExportRequest(artifact, out_dir, force, dry_run, config, save_config, options))

@@ -1,0 +1,179 @@
+"""``export_gguf``: an artifact in, a validated GGUF artifact out.
+
+    path = export_gguf("smollm2-135m", GGUFConfig(qtype="Q4_K_M"), "out/smollm2-q4km")
+    # out/smollm2-q4km/model.Q4_K_M.gguf, and manifest.json beside it with the validation figures
+
+Steps: open the artifact (headers only), map its tensors (:mod:`.plan`), write the GGUF into the
+ArtifactWriter's temporary directory (k-quants: F32 first, then llama.cpp's quantizer), read it back
+with gguf-py, run it in llama.cpp against PyTorch, and only then let the directory appear under its
+final name. Any failure on the way leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFReader, GGUFValueType, LlamaFileType
+
+from compress.errors import ArtifactError
+from compress.manifest import ArtifactWriter, check_writable_target, content_id, is_complete
+from compress.progress import steps
+
+from .arch import ArchSpec, Dims, spec_for
+from .config import FLOAT_TYPES, TOLERANCES, GGUFConfig, Tolerance, is_kquant
+from .hparams import arch_metadata, model_dims
+from .kquant import quantize_with_llama_cpp
+from .metadata import Metadata
+from .plan import TensorPlan, build_plan, summarize
+from .source import ExportSource, open_source
+from .tokenizer import tokenizer_metadata
+from .validate import validate_gguf
+from .writer import write_gguf
+
+log = logging.getLogger(__name__)
+
+STAGE = "export-gguf"
+_FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
+               "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_0": LlamaFileType.MOSTLY_Q4_0,
+               "Q4_1": LlamaFileType.MOSTLY_Q4_1}
+
+
+def gguf_filename(cfg: GGUFConfig) -> str:
+    return f"model.{cfg.qtype}.gguf"
+
+
+def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write ``artifact`` as a GGUF of ``cfg.qtype`` into the artifact directory ``out_dir`` and prove it
+    in llama.cpp; returns the .gguf path. An identical earlier export (same content id) is reused.
+
+    >>> export_gguf("smollm2-135m", GGUFConfig(qtype="Q8_0"), "out/q8")
+    PosixPath('out/q8/model.Q8_0.gguf')
+    """
+    out_dir = Path(out_dir).absolute()
+    with steps(f"export {cfg.qtype} GGUF", 5) as step:
+        step("reading the artifact")
+        src = open_source(artifact)
+        if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
+            log.info("%s already holds this export; reusing it", out_dir)
+            return out_dir / gguf_filename(cfg)
+        check_writable_target(out_dir, force=force)  # before any work
+        spec, dims, plan, metadata, tok_info = prepare(src, cfg)
+        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=src.input_id, force=force) as art:
+            target = art.path / gguf_filename(cfg)
+            t0 = time.perf_counter()
+            step(f"writing {target.name}")
+            if is_kquant(cfg.qtype):
+                f32 = art.path / ".intermediate.F32.gguf"
+                write_gguf(f32, spec.gguf_arch, metadata, plan, src)
+                step(f"quantizing to {cfg.qtype} with llama.cpp")
+                emb = None if cfg.embeddings == "auto" else cfg.embeddings
+                quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb)
+                f32.unlink()
+            else:
+                write_gguf(target, spec.gguf_arch, metadata, plan, src)
+                step("reading it back")
+            write_s = time.perf_counter() - t0
+            readback = check_readback(target, plan, metadata, exact_types=not is_kquant(cfg.qtype))
+            step("validating in llama.cpp against PyTorch")
+            t1 = time.perf_counter()
+            tol = plan_tolerance(plan, cfg)
+            validation = validate_gguf(target, src, tolerance=tol, check_tokens=cfg.check_tokens,
+                                       threads=cfg.threads, tokenizer_must_match=tok_info["tokenizer_source"]
+                                       .startswith("built"))
+            art.report.update(_report(src, spec, dims, plan, metadata, tok_info, cfg, target, readback,
+                                      validation, write_s, time.perf_counter() - t1))
+    return out_dir / gguf_filename(cfg)
+
+
+def prepare(src: ExportSource, cfg: GGUFConfig) -> tuple[ArchSpec, Dims, list[TensorPlan], Metadata, dict]:
+    """Everything decided before writing (no weights read): also what ``--dry-run`` shows."""
+    spec = spec_for(src.config)
+    dims = model_dims(src, spec)
+    plan = build_plan(src, spec, dims, cfg)
+    md = Metadata()
+    where = str(src.folder / "config.json")
+    md.add("general.type", "model")
+    md.add("general.name", str(src.config.get("_name_or_path") or src.folder.name), where=where)
+    if not is_kquant(cfg.qtype):  # llama.cpp's quantizer writes its own
+        md.add("general.file_type", int(_FILE_TYPES[cfg.qtype]))
+        if cfg.qtype not in FLOAT_TYPES:
+            md.add("general.quantization_version", 2)
+    md.update(arch_metadata(spec, src.config, dims, where), where=where)
+    entries, tok_info = tokenizer_metadata(src, dims.vocab)
+    for key, value, vtype, sub in entries:
+        md.add(key, value, vtype, sub, where=tok_info["tokenizer_source"])
+    return spec, dims, plan, md, tok_info
+
+
+def plan_tolerance(plan: list[TensorPlan], cfg: GGUFConfig) -> Tolerance:
+    """The loosest tolerance among the file's tensors: our unchanged integers are held to Q8_0's,
+    tensors that were (re)quantized or stored in a float type to their type's."""
+    if is_kquant(cfg.qtype):
+        return cfg.tolerance()
+    tols = [cfg.tolerance(direct=True) if t.how == "direct" else
+            cfg.replace(qtype=t.qtype.name).tolerance() if t.qtype.name in TOLERANCES else cfg.tolerance()
+            for t in plan if len(t.shape) == 2]
+    return Tolerance(min(t.min_top1 for t in tols), max(t.max_kl for t in tols))
+
+
+def check_readback(path: Path, plan: list[TensorPlan], md: Metadata, *, exact_types: bool) -> dict[str, Any]:
+    """Read the file back with gguf-py: the planned tensors (names, shapes, types) and metadata are there."""
+    reader = GGUFReader(path)
+    got = {t.name: t for t in reader.tensors}
+    want = {t.gguf_name: t for t in plan}
+    if set(got) != set(want):
+        extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+        raise ArtifactError(f"{path.name}: read back tensors differ from the plan (extra {extra[:3]}, "
+                            f"missing {missing[:3]})")
+    for name, t in want.items():
+        shape = tuple(int(s) for s in reversed(got[name].shape.tolist()))
+        if shape != t.shape or (exact_types and got[name].tensor_type != t.qtype):
+            raise ArtifactError(f"{path.name}: tensor {name} reads back as {got[name].tensor_type.name} "
+                                f"{list(shape)}, planned {t.qtype.name} {list(t.shape)}")
+    for key in md:
+        field = reader.fields.get(key)
+        if field is None:
+            raise ArtifactError(f"{path.name}: metadata {key} is missing when read back")
+        if field.types[0] != GGUFValueType.ARRAY and field.contents() != md[key] \
+                and not isinstance(md[key], float):
+            raise ArtifactError(f"{path.name}: metadata {key} reads back as {field.contents()!r}, wrote {md[key]!r}")
+    return {"tensors": len(got), "metadata_keys": len(reader.fields)}
+
+
+def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan], md: Metadata, tok_info: dict,
+            cfg: GGUFConfig, target: Path, readback: dict, validation: dict, write_s: float,
+            validate_s: float) -> dict[str, Any]:
+    notes = []
+    quant = src.quantized_layers()
+    if quant and is_kquant(cfg.qtype):
+        notes.append(f"{len(quant)} quantized layers were dequantized to F32 and requantized by llama.cpp "
+                     f"({cfg.qtype}); their integers are not kept")
+    requant = [t for t in plan if t.how == "requantized"]
+    if requant:
+        notes.append(f"{len(requant)} quantized layers do not fit a GGUF block (need int4/int8 symmetric group 32)"
+                     f" and were dequantized and quantized again to {requant[0].qtype.name}")
+    fallback = [t for t in plan if t.how == "fallback"]
+    if fallback:
+        notes.append(f"{len(fallback)} tensors have rows that are not whole 32-wide blocks and are stored F16")
+    input_bytes = sum(p.stat().st_size for p in src.folder.glob("*.safetensors"))
+    return {
+        "gguf_file": target.name,
+        "gguf_bytes": target.stat().st_size,
+        "input": src.spec,
+        "input_stage": src.stage,
+        "input_weight_bytes": input_bytes,
+        "architecture": spec.gguf_arch,
+        "dims": vars(dims),
+        "quantized_input_layers": len(quant),
+        "plan": summarize(plan),
+        "metadata": md.summary(),
+        "tokenizer": tok_info,
+        "readback": readback,
+        "validation": validation,
+        "write_s": round(write_s, 2),
+        "validate_s": round(validate_s, 2),
+        "notes": notes,
+    }

@@ -1,0 +1,51 @@
+"""k-quants (Q4_K_M, Q5_K_M, Q6_K) through llama.cpp's own quantizer.
+
+gguf-py cannot write k-quants, and llama.cpp's quantizer also chooses the per-tensor mix that makes
+``_M`` what it is (attn_v / ffn_down at higher precision in some layers, output at Q6_K). So the
+export writes an F32 GGUF first and hands it to ``llama_model_quantize``.
+
+    >>> quantize_with_llama_cpp(f32_path, out_path, "Q4_K_M", threads=2)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from compress.errors import ExportMismatchError, MissingBackendError
+
+from .quiet import captured_output
+
+log = logging.getLogger(__name__)
+
+_FTYPES = {"Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+           "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+
+
+def quantize_with_llama_cpp(src: Path, dst: Path, qtype: str, *, threads: int,
+                            embedding_type: str | None = None) -> None:
+    """Quantize ``src`` (F32/F16 GGUF) into ``dst``; ``embedding_type`` pins token_embd/output."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingBackendError("k-quants need llama.cpp's quantizer: pip install llama-cpp-python") from None
+    from gguf import GGMLQuantizationType
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, _FTYPES[qtype])
+    params.nthread = threads
+    if embedding_type is not None:
+        params.token_embedding_type = int(GGMLQuantizationType[embedding_type])
+        params.output_tensor_type = int(GGMLQuantizationType[embedding_type])
+    with captured_output() as captured:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    text = captured()
+    fallbacks = [line.split("-")[0].replace("warning:", "").strip() for line in text.splitlines()
+                 if "falling back" in line]
+    if fallbacks:  # rows that are not whole 256-wide super-blocks: llama.cpp picks a smaller type
+        log.info("llama.cpp used a fallback type for %d tensors (width not a multiple of 256)", len(fallbacks))
+    if rc != 0 or not dst.is_file():
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        raise ExportMismatchError(f"llama.cpp's quantizer failed on {src.name} -> {qtype} (return code {rc}): {tail}")
+    log.info("llama.cpp quantized %s -> %s (%s)", src.name, dst.name, qtype)
+

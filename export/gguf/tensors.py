@@ -1,0 +1,126 @@
+"""Read safetensors files with numpy alone (no torch), lazily, through a memory map.
+
+The GGUF writer must stay torch-free, and ``safetensors``' numpy backend cannot read bfloat16 (numpy
+has no such dtype), which hub checkpoints often use. The format is simple enough to read directly:
+an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and byte
+range, then the raw bytes. Every inconsistency becomes an :class:`ArtifactError` naming the file
+and tensor, so a truncated or corrupt artifact is refused before anything is written.
+
+    >>> st = SafetensorsFolder(Path("artifact"))
+    >>> w = st.array("model.norm.weight")  # float32 copy for float tensors
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import ArtifactError
+
+# safetensors dtype -> (numpy dtype, is a float that becomes float32 on read)
+_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
+
+
+class SafetensorsFolder:
+    """All tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._where: dict[str, tuple[Path, dict]] = {}
+        self._maps: dict[Path, np.memmap] = {}
+        index = self.folder / "model.safetensors.index.json"
+        single = self.folder / "model.safetensors"
+        if single.is_file():
+            files = [single]
+        elif index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ArtifactError(f"{index}: corrupt safetensors index ({e})") from None
+            files = sorted({self.folder / f for f in weight_map.values()})
+        else:
+            raise ArtifactError(f"{self.folder}: no model.safetensors (GGUF export reads safetensors weights only)")
+        for f in files:
+            for name, info in _read_header(f).items():
+                if name in self._where:
+                    raise ArtifactError(f"{f}: tensor {name} appears in two weight files")
+                self._where[name] = (f, info)
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._info(name)[1]["shape"])
+
+    def dtype(self, name: str) -> str:
+        return self._info(name)[1]["dtype"]
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored array as is (a read-only view of the file; bfloat16 comes back as uint16)."""
+        path, info = self._info(name)
+        if path not in self._maps:
+            self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
+        start, end = info["abs_offsets"]
+        return self._maps[path][start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+    def array(self, name: str) -> np.ndarray:
+        """A float32 copy for float tensors (bfloat16 widened exactly); integer tensors as stored."""
+        dt = self.dtype(name)
+        a = self.raw(name)
+        if dt == "BF16":
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        if dt in ("F64", "F32", "F16"):
+            return np.array(a, dtype=np.float32)
+        return np.array(a)
+
+    def _info(self, name: str) -> tuple[Path, dict]:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise ArtifactError(f"{self.folder}: tensor {name} is missing from the weights") from None
+
+
+def _read_header(path: Path) -> dict[str, dict]:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ArtifactError(f"{path}: corrupt safetensors file ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise ArtifactError(f"{path}: corrupt safetensors file (header of {n} bytes in a {size}-byte file)")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path}: corrupt safetensors header (not a mapping)")
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    out = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{path}: corrupt safetensors entry for tensor {name}") from None
+        if dtype not in _DTYPES:
+            raise ArtifactError(f"{path}: tensor {name} has dtype {dtype}; readable: {', '.join(_DTYPES)}")
+        want = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+        if end - begin != want or begin < 0:
+            raise ArtifactError(f"{path}: tensor {name} claims {end - begin} bytes but shape {shape} "
+                                f"({dtype}) needs {want}")
+        if data_start + end > size:
+            raise ArtifactError(f"{path}: truncated: tensor {name} ends at byte {data_start + end} of {size}")
+        out[name] = {"dtype": dtype, "shape": shape, "abs_offsets": (data_start + begin, data_start + end)}
+    return out

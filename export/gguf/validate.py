@@ -1,0 +1,186 @@
+"""Every GGUF proves itself: llama.cpp runs it on fixed token ids next to the PyTorch model of the
+same artifact, and the export is refused when they disagree beyond the type's tolerance.
+
+Metrics over all positions of the check ids (the start of the bundled evaluation text, BOS first
+when the tokenizer uses it): mean KL(PyTorch || llama.cpp), top-1 agreement, max |logit difference|,
+and both perplexities. The tokenizer is checked too: llama.cpp's tokenization of a probe text
+(digits, contractions, accents, emoji, runs of spaces) must equal the model's own, or a file that
+scores well on ids could still read user text differently.
+
+Torch is imported here, not in the writer: this is the PyTorch side of the comparison.
+
+    >>> report = validate_gguf(path, src, tolerance=Tolerance(0.995, 1e-4), check_tokens=128)
+    >>> report["top1_agreement"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import ExportMismatchError, MissingBackendError
+
+from .config import Tolerance
+from .quiet import captured_output
+from .source import ExportSource
+
+log = logging.getLogger(__name__)
+
+PROBE = ("It's 1851: the whale—\"Moby Dick\"—isn't 42.5 m long,  they'd said; naïve café, 東京, 😀!\n\n"
+         "    CHAPTER 135.   The Chase.—Third Day.\tx=3*(7+2) ")
+
+
+def reference_model(src: ExportSource) -> tuple[Any, Any, str]:
+    """(PyTorch model, tokenizer, how it was obtained) for the artifact being exported."""
+    from compress import models
+
+    if src.quantization is not None:
+        try:  # the quantize stage registers its loader on import
+            importlib.import_module("compress.quantize")
+        except ImportError:
+            pass
+        if src.stage not in models._ARTIFACT_LOADERS:
+            return _dequantized_reference(src) + ("dequantized by the export (no quantize loader registered)",)
+    lm = models.load_model(str(src.folder), verify=False)
+    return lm.model, lm.tokenizer, f"compress.models.load_model ({src.stage or 'model folder'})"
+
+
+def _dequantized_reference(src: ExportSource) -> tuple[Any, Any]:
+    """The artifact's dequantized weights in a transformers model built from its config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(src.folder))
+    # built on CPU, not on the meta device: non-persistent buffers (rotary frequencies, Gemma's
+    # embedding scale) are not in the state dict and would stay empty
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {}
+    for name in src.logical_names():
+        w = src.weight(name)
+        state[name] = torch.from_numpy(np.ascontiguousarray(w if isinstance(w, np.ndarray) else w.dequantize()))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [m for m in missing if not (tied and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ExportMismatchError(f"{src.folder}: cannot rebuild the PyTorch reference "
+                                  f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(src.folder))
+
+
+def validate_gguf(path: Path, src: ExportSource, *, tolerance: Tolerance, check_tokens: int,
+                  threads: int = 2, tokenizer_must_match: bool = True) -> dict[str, Any]:
+    """Compare llama.cpp on ``path`` with PyTorch on ``src``; raise ExportMismatchError beyond tolerance."""
+    import torch
+
+    from compress.gguf_import import check_ids, llamacpp_logits, torch_logits
+
+    model, tok, how = reference_model(src)
+    torch.set_num_threads(threads)
+    ids = check_ids(tok, check_tokens)
+    t = torch_logits(model, ids)
+    del model
+    with captured_output() as chatter:
+        try:
+            ll = llamacpp_logits(path, ids, threads=threads)
+        except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
+            ll = e
+    if isinstance(ll, ValueError):
+        raise ExportMismatchError(f"{path.name}: llama.cpp cannot load the exported file ({ll}; "
+                                  f"{_last_error(chatter())})")
+    if ll.shape != t.shape:
+        raise ExportMismatchError(f"{path.name}: llama.cpp returns logits of shape {list(ll.shape)}, "
+                                  f"PyTorch {list(t.shape)}")
+    report = compare_logits(t, ll, ids)
+    report.update(reference=how, check_tokens=len(ids), min_top1=tolerance.min_top1, max_kl=tolerance.max_kl)
+    report.update(tokenizer_check(path, tok))
+    _judge(path, report, tolerance, tok, ids, t, ll)
+    if not report["tokenizer_agreement"]:
+        msg = (f"{path.name}: llama.cpp tokenizes the probe text differently from the model's tokenizer "
+               f"from token {report['tokenizer_first_difference']}")
+        if tokenizer_must_match:
+            raise ExportMismatchError(msg)
+        log.warning("%s (tokenizer copied from the source GGUF, kept as is)", msg)
+    log.info("validated %s: top-1 %.2f%%, KL %.2e, max |dlogit| %.3g", path.name, 100 * report["top1_agreement"],
+             report["kl_mean"], report["max_abs_logit_diff"])
+    return report
+
+
+def compare_logits(t: np.ndarray, ll: np.ndarray, ids: list[int]) -> dict[str, Any]:
+    lt = _log_softmax(t.astype(np.float64))
+    lc = _log_softmax(ll.astype(np.float64))
+    kl = (np.exp(lt) * (lt - lc)).sum(-1)
+    agree = t.argmax(-1) == ll.argmax(-1)
+    nll_t = -lt[np.arange(len(ids) - 1), ids[1:]]
+    nll_c = -lc[np.arange(len(ids) - 1), ids[1:]]
+    worst = int(kl.argmax())
+    return {
+        "top1_agreement": float(agree.mean()),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "worst_position": worst,
+        "max_abs_logit_diff": float(np.abs(t - ll).max()),
+        "torch_perplexity": float(math.exp(nll_t.mean())),
+        "llamacpp_perplexity": float(math.exp(nll_c.mean())),
+    }
+
+
+def tokenizer_check(path: Path, tok) -> dict[str, Any]:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise MissingBackendError("GGUF validation needs llama.cpp: pip install llama-cpp-python") from None
+    from compress.data import load_text
+
+    text = PROBE + load_text("moby-dick").text[:2000]
+    ours = tok(text, add_special_tokens=False).input_ids
+    with captured_output() as chatter:
+        try:
+            vocab = Llama(model_path=str(path), vocab_only=True, n_ctx=16, verbose=False)
+        except ValueError as e:
+            vocab = e
+    if isinstance(vocab, ValueError):
+        raise ExportMismatchError(f"{path.name}: llama.cpp cannot load the exported vocabulary ({vocab}; "
+                                  f"{_last_error(chatter())})")
+    try:
+        theirs = vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    finally:
+        vocab.close()
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    if first is None and len(ours) != len(theirs):
+        first = min(len(ours), len(theirs))
+    return {"tokenizer_agreement": first is None, "tokenizer_first_difference": first,
+            "tokenizer_probe_tokens": len(ours)}
+
+
+def _judge(path: Path, r: dict[str, Any], tol: Tolerance, tok, ids: list[int], t: np.ndarray,
+           ll: np.ndarray) -> None:
+    fails = []
+    if r["top1_agreement"] < tol.min_top1:
+        fails.append(f"top-1 agreement {r['top1_agreement']:.1%} < {tol.min_top1:.1%}")
+    if not r["kl_mean"] <= tol.max_kl:  # also catches NaN
+        fails.append(f"mean KL {r['kl_mean']:.3g} > {tol.max_kl:.3g}")
+    if not fails:
+        return
+    p = r["worst_position"]
+    word = lambda i: repr(tok.decode([int(i)]))  # noqa: E731
+    raise ExportMismatchError(
+        f"{path.name} disagrees with PyTorch on {len(ids)} check tokens: {'; '.join(fails)}. Worst output: "
+        f"position {p} (after {word(ids[p])}), KL {r['kl_max']:.3g}, PyTorch predicts {word(t[p].argmax())}, "
+        f"llama.cpp {word(ll[p].argmax())}; max |logit diff| {r['max_abs_logit_diff']:.3g}")
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+    return lines[-1] if lines else "no message from llama.cpp"
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
