@@ -182,6 +182,7 @@ def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
 
 
 __import__("compress.quantize.cli", fromlist=["register"]).register(app)  # issue #3: compress quantize
+__import__("export.cli", fromlist=["register"]).register(app)  # issue #4: compress export (export/cli.py)
 
 
 def main(argv: list[str] | None = None) -> int:
