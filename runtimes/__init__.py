@@ -9,6 +9,9 @@ Accuracy and latency code only sees :class:`Runtime`; backends import lazily and
 ``MissingBackendError`` with the install command when absent.
 """
 
-from .base import DeviceProfile, Generation, Runtime, get_runtime, known_runtimes
+from .base import DeviceProfile, Generation, Runtime, get_runtime, known_runtimes, register_runtime
+
+# export-onnx artifacts (issue #4); onnxruntime itself is imported only when a session is made
+register_runtime("onnxruntime", "runtimes.onnx_runtime", "OnnxRuntime", "onnxruntime==1.32.0")
 
 __all__ = ["DeviceProfile", "Generation", "Runtime", "get_runtime", "known_runtimes"]

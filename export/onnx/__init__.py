@@ -1,0 +1,17 @@
+"""ONNX export: our own decoder graph on onnxruntime's fused CPU ops, checked in onnxruntime after writing.
+
+    from export.onnx import OnnxConfig, export_onnx
+    path = export_onnx("out/smollm2-int4", OnnxConfig(precision="int4"), "out/smollm2-onnx-int4")
+
+Modules: :mod:`.config` (the stage config and tolerances), :mod:`.arch` (per-family table and shapes
+from the real tensors), :mod:`.weights` (float tensors and the artifact's integers), :mod:`.plan` (the
+form of each weight), :mod:`.graph` (builder and MatMulNBits packing), :mod:`.decoder` (the graph),
+:mod:`.tools` (onnxruntime's quantizers and .ort converter), :mod:`.validate` (onnxruntime vs PyTorch)
+and :mod:`.export` (the stage). The runtime that drives the files is :mod:`runtimes.onnx_runtime`.
+"""
+
+from .arch import SUPPORTED
+from .config import PRECISIONS, OnnxConfig
+from .export import export_onnx
+
+__all__ = ["OnnxConfig", "PRECISIONS", "SUPPORTED", "export_onnx"]

@@ -1,0 +1,137 @@
+"""``OnnxConfig``: the one frozen, versioned config of the ONNX export, and its per-precision tolerances.
+
+    >>> cfg = OnnxConfig(precision="int4", accuracy_level=4)
+    >>> OnnxConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> cfg.tolerance(exact=True)
+    Tolerance(min_top1=0.98, max_kl=0.02, max_abs=None)
+
+Precisions (what onnxruntime's CPU provider runs):
+
+- ``fp32``: every weight in float32.
+- ``fp16``: weights *stored* as float16 (half the file), upcast to float32 when the session loads,
+  because the CPU provider has no float16 MatMul; activations and the KV cache stay float32.
+- ``int8``: a quantized artifact's own int8 integers go into ``MatMulNBits(bits=8)`` unchanged; a float
+  artifact goes through ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per output channel,
+  activations quantized per tensor at run time, MatMulInteger/DynamicQuantizeMatMul).
+- ``int4``: a quantized artifact's own integers (int4, and int8 where a mixed-precision artifact has
+  them) go into ``MatMulNBits`` unchanged, so GPTQ/AWQ calibration survives; a float artifact goes
+  through onnxruntime's ``MatMulNBitsQuantizer`` (round-to-nearest, ``block_size``, symmetric).
+
+``accuracy_level`` (MatMulNBits): 0 computes with float activations (closest to PyTorch); 4 quantizes
+the activations to int8 per block inside the kernel, which is what makes int4 decode fast on CPU
+(2-3x) at a small cost in agreement. ``lm_head``/``embeddings`` choose the precision of the output
+projection and the token table: the output projection is read in full for every token (so it sets
+decode speed as much as all decoder layers together on small models) and is where 4-bit quality
+breaks first, so ``auto`` keeps it at int8 for the int4 precision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from compress.config import StageConfig, register_config, suggest
+from compress.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+HEAD_PRECISIONS = ("auto", "float", "int8", "int4")
+EMBEDDING_PRECISIONS = ("auto", "float", "fp16", "int8", "int4")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """onnxruntime vs PyTorch on the same token ids: top-1 agreement at least, mean KL at most, and
+    (fp32 only) the largest absolute logit difference at most."""
+
+    min_top1: float
+    max_kl: float
+    max_abs: float | None = None
+
+
+# The reference is always the PyTorch model of the same artifact. fp32 is the issue's target
+# (>= 99.9% top-1); the others were set from SmolLM2-135M / Gemma3-270M runs (benchmarks/RESULTS.md)
+# with room for other models, and still catch real breakage (a wrong rope, norm offset or window
+# gives KL > 1 and top-1 < 50%).
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(0.999, 1e-4, 0.05),
+    "fp16": Tolerance(0.98, 2e-3),
+    "int8": Tolerance(0.90, 0.05),  # quantize_dynamic: new int8 weights and per-tensor activations
+    "int4": Tolerance(0.80, 0.15),  # onnxruntime's RTN over a float artifact
+}
+# The artifact's own integers went in unchanged: only the kernel's int8 activations (accuracy_level 4)
+# and summation order separate the two. The issue's target for int4: >= 98% top-1.
+EXACT_TOLERANCE = Tolerance(0.98, 0.02)
+
+
+@register_config("export-onnx")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OnnxConfig(StageConfig):
+    """How to build the ONNX decoder and how hard to check it.
+
+    precision: fp32 | fp16 | int8 | int4 (see the module docstring).
+    accuracy_level: MatMulNBits compute precision, 0 (float activations) .. 4 (int8 activations, fastest).
+    block_size: weights per scale where the export itself quantizes (onnxruntime's RTN, and lm_head /
+        embeddings when asked); a quantized artifact keeps its own groups.
+    lm_head: auto | float | int8 | int4. ``auto``: the artifact's integers if it quantized the output
+        projection, int8 for the int4 precision, quantize_dynamic's int8 for int8, else float.
+    embeddings: auto | float | fp16 | int8 | int4. ``auto``: the artifact's integers if it quantized the
+        table; for int4/int8, the same integers as a tied lm_head (stored once), else fp16; else the
+        precision's float type.
+    max_length: positions the rotary tables cover (the longest sequence the file runs); 0 = the model's
+        max_position_embeddings, otherwise capped by it.
+    ort_format: also write onnxruntime's mobile ``model.ort`` (where the graph allows).
+    check_tokens: token ids scored by both onnxruntime and PyTorch after writing.
+    min_top1 / max_kl / max_abs: override the precision's tolerance (None = :data:`TOLERANCES`).
+    """
+
+    precision: str = "fp32"
+    accuracy_level: int = 4
+    block_size: int = 32
+    lm_head: str = "auto"
+    embeddings: str = "auto"
+    max_length: int = 8192
+    ort_format: bool = False
+    check_tokens: int = 64
+    min_top1: Optional[float] = None
+    max_kl: Optional[float] = None
+    max_abs: Optional[float] = None
+
+    def validate(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("lm_head", self.lm_head, HEAD_PRECISIONS)
+        _choice("embeddings", self.embeddings, EMBEDDING_PRECISIONS)
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(f"export-onnx.accuracy_level: {self.accuracy_level} is not one of "
+                              f"{', '.join(map(str, ACCURACY_LEVELS))} (0 unset/float .. 4 int8 compute)")
+        if self.block_size not in BLOCK_SIZES:
+            raise ConfigError(f"export-onnx.block_size: {self.block_size} is not one of "
+                              f"{', '.join(map(str, BLOCK_SIZES))} (MatMulNBits needs a power of two >= 16)")
+        if self.max_length < 0:
+            raise ConfigError(f"export-onnx.max_length: {self.max_length} must be >= 0 (0 = the model's own)")
+        if self.max_length and self.max_length < self.check_tokens:
+            raise ConfigError(f"export-onnx.max_length: {self.max_length} is shorter than check_tokens "
+                              f"({self.check_tokens})")
+        if not 8 <= self.check_tokens <= 4096:
+            raise ConfigError(f"export-onnx.check_tokens: {self.check_tokens} must be between 8 and 4096")
+        if self.min_top1 is not None and not 0 <= self.min_top1 <= 1:
+            raise ConfigError(f"export-onnx.min_top1: {self.min_top1} must be in [0, 1]")
+        for name in ("max_kl", "max_abs"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"export-onnx.{name}: {value} must be >= 0")
+
+    def tolerance(self, exact: bool = False) -> Tolerance:
+        """The thresholds for this precision; ``exact`` when every quantized weight is the artifact's own."""
+        base = EXACT_TOLERANCE if exact and self.precision in ("int8", "int4") else TOLERANCES[self.precision]
+        return Tolerance(base.min_top1 if self.min_top1 is None else self.min_top1,
+                         base.max_kl if self.max_kl is None else self.max_kl,
+                         base.max_abs if self.max_abs is None else self.max_abs)
+
+
+def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"export-onnx.{field}: {value!r} is not one of: {', '.join(options)}"
+                          f"{suggest(value, options)}")

@@ -1,0 +1,169 @@
+"""``export_onnx``: an artifact in, a validated onnxruntime decoder (with KV cache) out.
+
+    path = export_onnx("out/smollm2-int4-gptq", OnnxConfig(precision="int4"), "out/smollm2-onnx-int4")
+    # out/smollm2-onnx-int4/model.onnx, tokenizer files, config.json, manifest.json (stage export-onnx)
+
+Steps: load the artifact (the same PyTorch model every other stage sees), read the architecture row and
+the real shapes, decide each weight's form (:mod:`.plan`), build the graph (:mod:`.decoder`), let
+onnxruntime's tools quantize what the artifact left in float (:mod:`.tools`), save, run it in
+onnxruntime against PyTorch (:mod:`.validate`), and only then let the directory appear under its final
+name. Any failure on the way leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from compress.errors import ArtifactError, CompressError
+from compress.manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
+from compress.progress import steps
+
+from .arch import model_dims, rope_tables, spec_for
+from .config import OnnxConfig
+from .decoder import build_decoder
+from .plan import make_plan
+from .tools import quantize_int8, rtn_int4, to_ort_format
+from .validate import validate_onnx
+from .weights import open_weights
+
+log = logging.getLogger(__name__)
+
+STAGE = "export-onnx"
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA = "model.onnx.data"
+_INLINE_LIMIT = 1_500_000_000  # protobuf refuses files over 2 GB; larger weights go to EXTERNAL_DATA
+
+
+def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write ``artifact`` as an ONNX decoder into the artifact directory ``out_dir``, prove it in
+    onnxruntime, and return the model.onnx path. An identical earlier export (same content id) is reused.
+
+    >>> export_onnx("smollm2-135m", OnnxConfig(precision="fp32"), "out/smollm2-onnx")
+    PosixPath('out/smollm2-onnx/model.onnx')
+    """
+    from runtimes.onnx_runtime import OnnxDecoder, make_session
+
+    out_dir = Path(out_dir).absolute()
+    check_writable_target(out_dir, force=force)  # before minutes of loading
+    cheap_id = _input_id(artifact)
+    if cheap_id and not force and is_complete(out_dir, content_id(STAGE, cfg, cheap_id)):
+        log.info("%s already holds this export; reusing it", out_dir)
+        return out_dir / MODEL_FILE
+    with steps(f"export ONNX {cfg.precision}", 5) as step:
+        step("loading the artifact")
+        lm = _load(artifact)
+        spec = spec_for(lm.model.config)
+        dims = model_dims(lm.model, spec)
+        src = open_weights(lm)
+        plan = make_plan(src, dims, cfg)
+        length = min(cfg.max_length or dims.max_positions, dims.max_positions)
+        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=lm.model_id, force=force) as art:
+            step("building the graph")
+            t0 = time.perf_counter()
+            model, weight_map = build_decoder(src, spec, dims, plan, rope_tables(lm.model, dims, length), cfg,
+                                              lm.model.config)
+            target = art.path / MODEL_FILE
+            if plan.post == "ort-rtn":
+                nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "ort-rtn"})
+                model = rtn_int4(model, nodes, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
+            if plan.post == "dynamic":
+                nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "dynamic"})
+                staged = art.path / "float.onnx"
+                _save(model, staged)
+                del model
+                quantize_int8(staged, target, nodes)
+                _remove_model(staged)
+            else:
+                _save(model, target)
+                del model
+            export_s = time.perf_counter() - t0
+            lm.tokenizer.save_pretrained(str(art.path))
+            lm.model.config.to_json_file(str(art.path / "config.json"))
+            if getattr(lm.model, "generation_config", None) is not None:
+                lm.model.generation_config.to_json_file(str(art.path / "generation_config.json"))
+            step("checking against PyTorch")
+            tol = cfg.tolerance(exact=plan.exact)
+            import onnxruntime
+
+            decoder = OnnxDecoder(make_session(target, threads=2))
+            figures = validate_onnx(decoder, lm.model, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
+                                    where=f"{out_dir.name}/{MODEL_FILE}")
+            del decoder
+            report: dict[str, Any] = {
+                "model_file": MODEL_FILE, "architecture": spec.name, "precision": cfg.precision,
+                "layers": len(dims.layers), "hidden": dims.hidden, "vocab": dims.vocab, "max_length": length,
+                "plan": plan.summary(), "ops": _op_counts(target), "export_s": round(export_s, 2),
+                "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__}
+            if cfg.ort_format:
+                step("converting to .ort")
+                ort_path = to_ort_format(target, art.path)
+                report["ort_file"] = ort_path.name
+                report["ort_bytes"] = ort_path.stat().st_size
+                report["ort_validation"] = validate_onnx(
+                    OnnxDecoder(make_session(ort_path, threads=2)), lm.model, lm.tokenizer, tol,
+                    check_tokens=cfg.check_tokens, where=f"{out_dir.name}/{ort_path.name}")
+            art.report.update(report)
+    return out_dir / MODEL_FILE
+
+
+def _load(artifact: str | Path):
+    """The artifact's PyTorch model; anything that is not a typed error becomes a one-line ArtifactError."""
+    from compress.models import load_model
+
+    try:
+        return load_model(artifact)
+    except CompressError:
+        raise
+    except Exception as e:  # a corrupt file surfaces as whatever its reader raises
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ArtifactError(f"{artifact}: cannot be loaded, corrupt artifact? ({type(e).__name__}: {first})") from None
+
+
+def _input_id(artifact: str | Path) -> str | None:
+    """The input id without loading weights, where a manifest gives it (for resuming)."""
+    from compress.models import resolve_model
+
+    try:
+        src = resolve_model(artifact)
+        if src.kind == "bundled":
+            from compress.fetch import cached_folder
+
+            folder = cached_folder(src.spec)
+        elif src.kind == "hf_dir":
+            folder = src.path
+        else:
+            return None
+        return read_manifest(folder).content_id if (folder / MANIFEST).is_file() else None
+    except CompressError:
+        return None
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size > _INLINE_LIMIT:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _remove_model(path: Path) -> None:
+    path.unlink()
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+
+
+def _model_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in (folder / MODEL_FILE, folder / EXTERNAL_DATA) if f.exists())
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    m = onnx.load(str(path), load_external_data=False)
+    return dict(collections.Counter(n.op_type for n in m.graph.node).most_common())

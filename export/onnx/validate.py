@@ -1,0 +1,94 @@
+"""Every ONNX export proves itself: onnxruntime vs the PyTorch model of the same artifact, on fixed ids.
+
+    figures = validate_onnx(decoder, model, tokenizer, tolerance, check_tokens=64)
+    figures["prefill"]["top1_agreement"], figures["kv_cache"]["max_abs"]
+
+Two outputs are compared: ``prefill`` (every position of one pass) and ``kv_cache`` (the second half of
+the ids fed one token at a time through the cache, as generation does). For each: the largest absolute
+logit difference (and where), mean KL(PyTorch || onnxruntime), top-1 agreement. Beyond the tolerance
+-> ExportMismatchError naming the output, the worst position and its token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from compress.errors import ExportMismatchError
+
+from .config import Tolerance
+
+log = logging.getLogger(__name__)
+
+
+def check_ids(tokenizer, n: int) -> list[int]:
+    from compress.gguf_import import check_ids as fixed_ids
+
+    return fixed_ids(tokenizer, n)[:n]
+
+
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """max |diff| (and its position), mean KL(ref || got), top-1 agreement over rows."""
+    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    row_max = diff.max(axis=1)
+    lp, lq = _log_softmax(ref), _log_softmax(got)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+    top1 = ref.argmax(axis=1) == got.argmax(axis=1)
+    worst = int(row_max.argmax())
+    return {"positions": int(ref.shape[0]), "max_abs": float(row_max.max()), "worst_position": worst,
+            "kl": float(kl.mean()), "kl_max": float(kl.max()), "top1_agreement": float(top1.mean()),
+            "first_disagreement": int(np.argmin(top1)) if not top1.all() else None,
+            "logit_range": float(np.abs(ref).max())}
+
+
+def validate_onnx(decoder, model, tokenizer, tol: Tolerance, *, check_tokens: int, where: str) -> dict[str, Any]:
+    """Compare and judge; returns the figures for the manifest (with the tolerance used)."""
+    ids = check_ids(tokenizer, check_tokens)
+    ref = torch_logits(model, ids)
+    split = len(ids) // 2
+    outputs = {"prefill": (decoder.logits(ids), 0),
+               "kv_cache": (decoder.cached_logits(ids, split), split - 1)}
+    figures: dict[str, Any] = {"tokens": len(ids), "tolerance": {"min_top1": tol.min_top1, "max_kl": tol.max_kl,
+                                                                 "max_abs": tol.max_abs}}
+    for name, (got, offset) in outputs.items():
+        r = compare(ref[offset:], got)
+        r["worst_position"] += offset
+        if r["first_disagreement"] is not None:
+            r["first_disagreement"] += offset
+        figures[name] = r
+        log.info("%s %s: max |diff| %.3g, KL %.3g, top-1 %.2f%%", where, name, r["max_abs"], r["kl"],
+                 100 * r["top1_agreement"])
+    for name in outputs:
+        _judge(figures[name], name, tol, ids, where)
+    return figures
+
+
+def _judge(r: dict[str, Any], output: str, tol: Tolerance, ids: list[int], where: str) -> None:
+    problems = []
+    if r["top1_agreement"] < tol.min_top1:
+        problems.append(f"top-1 agreement {r['top1_agreement']:.2%} < {tol.min_top1:.2%} (first disagreement at "
+                        f"position {r['first_disagreement']})")
+    if r["kl"] > tol.max_kl:
+        problems.append(f"KL {r['kl']:.3g} > {tol.max_kl:.3g}")
+    if tol.max_abs is not None and r["max_abs"] > tol.max_abs:
+        problems.append(f"max |logit diff| {r['max_abs']:.3g} > {tol.max_abs:.3g}")
+    if problems:
+        pos = r["worst_position"]
+        raise ExportMismatchError(
+            f"{where}: output 'logits' ({output}) disagrees with PyTorch: {'; '.join(problems)}; worst position "
+            f"{pos} (token id {ids[pos]}, max |diff| {r['max_abs']:.3g})")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))

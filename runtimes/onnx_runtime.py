@@ -1,0 +1,147 @@
+"""onnxruntime runtime: runs an ``export-onnx`` artifact with our own greedy KV-cache loop.
+
+    rt = get_runtime("onnxruntime")
+    rt.load("out/smollm2-onnx-int4", DeviceProfile(threads=2))
+    rt.logits([1, 2, 3])                          # (3, vocab) float32, one prefill pass
+    gen = rt.generate([1, 2, 3], max_new_tokens=128)
+    gen.decode_tokens_per_s
+
+The loop keeps the KV cache inside onnxruntime (IOBinding: each step's ``present.*`` OrtValues are
+bound as the next step's ``past_key_values.*``, never copied through numpy) and asks the graph for
+the last position's logits only (``logits_to_keep``), so decode pays for one vocabulary row.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from compress.errors import ArtifactError, MissingBackendError
+
+from .base import DeviceProfile, Generation
+
+STAGE = "export-onnx"
+INSTALL = "pip install onnxruntime"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingBackendError(f"runtime 'onnxruntime' needs onnxruntime: {INSTALL}") from None
+    return onnxruntime
+
+
+def make_session(path: str | Path, threads: int):
+    """A CPU session with every graph optimization, ``threads`` intra-op threads and no inter-op pool."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # warnings about the folded fp16 casts are expected, not news
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OnnxDecoder:
+    """Prefill and decode steps over a decoder session with the ``export-onnx`` inputs and outputs."""
+
+    def __init__(self, session) -> None:
+        ort = _ort()
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.output_names = ["logits"] + self.present_names
+        self._empty = {}
+        for n in self.past_names:
+            _, kv_heads, _, head_dim = inputs[n].shape
+            self._empty[n] = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv_heads, 0, head_dim), np.float32))
+
+    def run(self, ids: Sequence[int], past: dict[str, Any] | None, past_len: int, keep: int) -> tuple[np.ndarray, dict]:
+        """One forward pass of ``ids`` after ``past_len`` cached positions: (logits [n, vocab], present)."""
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((1, past_len + len(ids)), dtype=np.int64))
+        io.bind_cpu_input("logits_to_keep", np.array(keep, dtype=np.int64))
+        for name in self.past_names:
+            io.bind_ortvalue_input(name, (past or self._empty)[name])
+        for name in self.output_names:
+            io.bind_output(name, "cpu")
+        self.session.run_with_iobinding(io)
+        outs = io.get_outputs()
+        present = dict(zip(self.past_names, outs[1:]))
+        return outs[0].numpy()[0], present
+
+    def logits(self, ids: Sequence[int], last: int | None = None) -> np.ndarray:
+        return self.run(list(ids), None, 0, last or 0)[0]
+
+    def generate(self, ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> Generation:
+        ids = list(ids)
+        t0 = time.perf_counter()
+        logits, past = self.run(ids, None, 0, 1)
+        nxt = int(logits[-1].argmax())
+        ttft = time.perf_counter() - t0
+        new, length = [nxt], len(ids)
+        while len(new) < max_new_tokens and nxt not in stop_ids:
+            logits, past = self.run([nxt], past, length, 1)
+            length += 1
+            nxt = int(logits[-1].argmax())
+            new.append(nxt)
+        return Generation(ids, new, ttft, time.perf_counter() - t0)
+
+    def cached_logits(self, ids: Sequence[int], split: int) -> np.ndarray:
+        """Logits of positions ``split - 1 ..`` computed through the KV cache: a prefill of ``ids[:split]``,
+        then one token at a time (what generation does), for checking the cache path."""
+        ids = list(ids)
+        logits, past = self.run(ids[:split], None, 0, 1)
+        rows = [logits[-1]]
+        for pos in range(split, len(ids)):
+            logits, past = self.run([ids[pos]], past, pos, 1)
+            rows.append(logits[-1])
+        return np.stack(rows)
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        self.decoder: OnnxDecoder | None = None
+        self.tokenizer: Any = None
+        self.manifest: Any = None
+        self.path: Path | None = None
+
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, model_file: str | None = None) -> None:
+        """Load an ``export-onnx`` artifact directory (``model_file``: e.g. ``model.ort``; default the
+        manifest's choice, ``model.onnx``)."""
+        from compress.manifest import read_manifest
+
+        folder = Path(artifact)
+        self.manifest = read_manifest(folder)
+        if self.manifest.stage != STAGE:
+            raise ArtifactError(f"{folder}: a {self.manifest.stage!r} artifact, not an ONNX export ({STAGE!r}); "
+                                "export it first: compress export ARTIFACT --format onnx")
+        self.path = folder / (model_file or self.manifest.report.get("model_file", "model.onnx"))
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path}: missing from the ONNX export")
+        self.decoder = OnnxDecoder(make_session(self.path, profile.threads))
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def use(self, decoder: OnnxDecoder, tokenizer=None) -> "OnnxRuntime":
+        self.decoder, self.tokenizer = decoder, tokenizer
+        return self
+
+    def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
+        return self.decoder.logits(token_ids, last)
+
+    def generate(self, token_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> Generation:
+        return self.decoder.generate(token_ids, max_new_tokens, stop_ids)
+
+    def version(self) -> str:
+        return _ort().__version__
