@@ -162,9 +162,10 @@ def rtn_artifact(src: Path, out: Path, *, bits: int = 4, group: int = 32, symmet
     return out
 
 
-def prune_llama(src: Path, out: Path, *, keep_layers: list[int], n_ff: int, keep_kv_heads: int) -> Path:
-    """Structured pruning of a tiny Llama folder: drop layers (renumbered), keep the first ``n_ff``
-    MLP channels and the first ``keep_kv_heads`` KV groups (with their query heads); config updated."""
+def prune_tiny(src: Path, out: Path, *, keep_layers: list[int], n_ff: int, keep_kv_heads: int) -> Path:
+    """Structured pruning of a tiny Llama/Gemma3 folder: drop layers (renumbered; Gemma's layer_types
+    follow), keep the first ``n_ff`` MLP channels and the first ``keep_kv_heads`` KV groups with their
+    query heads. The config is updated, as a pruning stage would."""
     from safetensors.numpy import load_file, save_file
 
     cfg = json.loads((src / "config.json").read_text())
@@ -196,6 +197,8 @@ def prune_llama(src: Path, out: Path, *, keep_layers: list[int], n_ff: int, keep
     save_file(new, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg.update(num_hidden_layers=len(keep_layers), intermediate_size=n_ff, num_attention_heads=n_q,
                num_key_value_heads=keep_kv_heads, head_dim=hd)
+    if "layer_types" in cfg:
+        cfg["layer_types"] = [cfg["layer_types"][i] for i in keep_layers]
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     for f in src.iterdir():
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":

@@ -53,7 +53,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     PosixPath('out/q8/model.Q8_0.gguf')
     """
     out_dir = Path(out_dir).absolute()
-    with steps(f"export {cfg.qtype} GGUF", 5) as step:
+    with steps(f"export {cfg.qtype} GGUF", 5 if is_kquant(cfg.qtype) else 4) as step:
         step("reading the artifact")
         src = open_source(artifact)
         if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
@@ -65,17 +65,21 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
             target = art.path / gguf_filename(cfg)
             t0 = time.perf_counter()
             step(f"writing {target.name}")
-            if is_kquant(cfg.qtype):
-                f32 = art.path / ".intermediate.F32.gguf"
-                write_gguf(f32, spec.gguf_arch, metadata, plan, src)
-                step(f"quantizing to {cfg.qtype} with llama.cpp")
-                emb = None if cfg.embeddings == "auto" else cfg.embeddings
-                quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb)
-                f32.unlink()
-            else:
-                write_gguf(target, spec.gguf_arch, metadata, plan, src)
-                step("reading it back")
+            try:
+                if is_kquant(cfg.qtype):
+                    f32 = art.path / ".intermediate.F32.gguf"
+                    write_gguf(f32, spec.gguf_arch, metadata, plan, src)
+                    step(f"quantizing to {cfg.qtype} with llama.cpp")
+                    emb = None if cfg.embeddings == "auto" else cfg.embeddings
+                    quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb)
+                    f32.unlink()
+                else:
+                    write_gguf(target, spec.gguf_arch, metadata, plan, src)
+            except OSError as e:  # disk full, permissions: the writer removes the temporary directory
+                raise ArtifactError(f"{out_dir}: writing {target.name} failed ({e.strerror or e}); "
+                                    f"nothing was left under the final name") from e
             write_s = time.perf_counter() - t0
+            step("reading it back")
             readback = check_readback(target, plan, metadata, exact_types=not is_kquant(cfg.qtype))
             step("validating in llama.cpp against PyTorch")
             t1 = time.perf_counter()

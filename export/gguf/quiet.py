@@ -9,6 +9,7 @@ terminal: it is collected instead, summarized in the log and quoted in error mes
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -20,6 +21,7 @@ def captured_output() -> Iterator[Callable[[], str]]:
     """Collect what llama.cpp's C code prints on stdout/stderr (per-tensor lines) instead of
     letting it through; the text is logged in summary and kept for error messages."""
     saved = [os.dup(1), os.dup(2)]
+    py = io.StringIO()  # llama-cpp-python's log callback prints to sys.stderr, which may not be fd 2
     with tempfile.TemporaryFile(mode="w+b") as buf:
         text = ""
         sys.stdout.flush()
@@ -27,7 +29,8 @@ def captured_output() -> Iterator[Callable[[], str]]:
         try:
             os.dup2(buf.fileno(), 1)
             os.dup2(buf.fileno(), 2)
-            yield lambda: text
+            with contextlib.redirect_stdout(py), contextlib.redirect_stderr(py):
+                yield lambda: text
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -36,4 +39,4 @@ def captured_output() -> Iterator[Callable[[], str]]:
             for fd in saved:
                 os.close(fd)
             buf.seek(0)
-            text = buf.read().decode("utf-8", "replace")
+            text = buf.read().decode("utf-8", "replace") + py.getvalue()
