@@ -97,8 +97,8 @@ def eval_(
     from runtimes.torch_runtime import TorchRuntime
 
     from .data import load_mc_task, load_text
-    from .evaluate import EvalConfig, evaluate
-    from .models import resolve_model
+    from .evaluate import EvalConfig, evaluate, prepare_eval
+    from .models import load_tokenizer, resolve_model
 
     cfg = load_config_file(config, EvalConfig) if config else EvalConfig()
     overrides: dict[str, Any] = {k: v for k, v in dict(data=data, max_tokens=max_tokens, window=window, stride=stride,
@@ -107,24 +107,28 @@ def eval_(
         overrides["tasks"] = tuple(t.strip() for t in tasks.split(",") if t.strip())
     cfg = EvalConfig.from_dict({**cfg.to_dict(), **overrides})
     # Everything that can be checked without weights is checked before loading them.
-    resolve_model(model)
+    src = resolve_model(model)
     if reference:
         resolve_model(reference)
     load_text(cfg.data)
     for t in cfg.tasks:
         load_mc_task(t)
-    if save_config:
-        save_config.write_text(cfg.to_yaml())
+    plan = None
+    if src.kind != "gguf":  # a GGUF's tokenizer costs a full metadata import: tokenize after loading
+        plan = prepare_eval(load_tokenizer(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), cfg)
     profile = DeviceProfile(threads=cfg.threads)
     t0 = time.perf_counter()
     rt = TorchRuntime()
     rt.load(model, profile, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     load_s = time.perf_counter() - t0
+    plan = plan or prepare_eval(rt.tokenizer, cfg)
     ref = None
     if reference:
         ref = TorchRuntime()
         ref.load(reference, profile, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    result = evaluate(rt, rt.tokenizer, cfg, reference=ref)
+    if save_config:
+        save_config.write_text(cfg.to_yaml())
+    result = evaluate(rt, rt.tokenizer, cfg, reference=ref, plan=plan)
     payload = {"model": model, "model_id": rt.loaded.model_id, "import_check": rt.loaded.checks, "reference": reference,
                "reference_id": ref.loaded.model_id if ref else None, "load_s": round(load_s, 2),
                "config": cfg.to_dict(), "result": result.to_dict()}
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except _cx.ClickException as e:
         e.show()
         return e.exit_code
-    except (KeyboardInterrupt, _cx.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         return 130
 

@@ -71,17 +71,33 @@ class EvalResult:
         return dataclasses.asdict(self)
 
 
-def evaluate(runtime, tokenizer, cfg: EvalConfig, *, reference=None) -> EvalResult:
-    """Run the text and multiple-choice evaluation of ``cfg`` through ``runtime``."""
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """Everything the evaluation reads, tokenized and checked, before any weights are loaded."""
+
+    data: str
+    windows: list
+    bos: bool
+    tasks: list
+
+
+def prepare_eval(tokenizer, cfg: EvalConfig) -> EvalPlan:
+    """Load and tokenize the text, cut the windows and read the tasks; DataError for bad data."""
     text = load_text(cfg.data)
     bos_id = tokenizer.bos_token_id if uses_bos(tokenizer) else None
     ids = tokenize_text(tokenizer, text.text, cfg.max_tokens)
     windows = text_windows(ids, window=cfg.window, stride=cfg.stride, bos_id=bos_id, source=text.name)
-    tasks = [load_mc_task(t) for t in cfg.tasks]  # fail on a bad task before the long text pass
+    return EvalPlan(text.name, windows, bos_id is not None, [load_mc_task(t) for t in cfg.tasks])
+
+
+def evaluate(runtime, tokenizer, cfg: EvalConfig, *, reference=None, plan: EvalPlan | None = None) -> EvalResult:
+    """Run the text and multiple-choice evaluation of ``cfg`` through ``runtime``."""
+    plan = plan or prepare_eval(tokenizer, cfg)
+    windows, tasks = plan.windows, plan.tasks
     t0 = time.perf_counter()
     scores = score_windows(runtime, windows, reference=reference)
-    result = EvalResult(runtime=runtime.name, data=text.name, tokens=scores["tokens"], windows=len(windows),
-                        bos=bos_id is not None, perplexity=scores["perplexity"], kl=scores.get("kl"),
+    result = EvalResult(runtime=runtime.name, data=plan.data, tokens=scores["tokens"], windows=len(windows),
+                        bos=plan.bos, perplexity=scores["perplexity"], kl=scores.get("kl"),
                         top1_agreement=scores.get("top1_agreement"))
     result.seconds["text"] = round(time.perf_counter() - t0, 2)
     for task in tasks:

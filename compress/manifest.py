@@ -101,6 +101,9 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
         raise ArtifactError(f"{d}: no {MANIFEST} (not a compress artifact, or an unfinished one)")
     try:
         raw = json.loads(mf.read_text())
+        if isinstance(raw, dict) and raw.get("schema", 0) > SCHEMA_VERSION:
+            raise ArtifactError(f"{mf}: manifest schema {raw['schema']} is newer than this compress "
+                                f"understands ({SCHEMA_VERSION}); upgrade compress")
         m = Manifest(**raw)
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{mf}: corrupt manifest ({e})") from None
@@ -165,7 +168,7 @@ class ArtifactWriter:
             if f.is_file() and f.name != MANIFEST:
                 files[f.relative_to(self.path).as_posix()] = f.stat().st_size
         m = Manifest(stage=self.stage, config=self.config.to_dict(), input_id=self.input_id,
-                     content_id=self.content_id, versions=library_versions(), git_revision=git_revision(),
+                     content_id=self.content_id, versions=dict(library_versions()), git_revision=git_revision(),
                      wall_time_s=round(time.perf_counter() - self._t0, 3), report=self.report, files=files,
                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         _write_atomic(self.path / MANIFEST, m.to_json())
