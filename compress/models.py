@@ -75,6 +75,8 @@ def resolve_model(spec: str | Path) -> ModelSource:
 # manifest stage -> loader(folder, manifest) for artifacts that are not plain HF folders
 ArtifactLoader = Callable[[Path, Any], LoadedModel]
 _ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
+# stage -> module that registers its loader on import (imported on demand, keeping startup light)
+_STAGE_MODULES = {"quantize": "compress.quantize"}
 
 
 def register_artifact_loader(stage: str, loader: ArtifactLoader) -> None:
@@ -99,18 +101,26 @@ def load_model(spec: str | Path, *, allow_pickle: bool = False, trust_remote_cod
     return _load_hub(src, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
 
-def load_tokenizer(spec: str | Path) -> Any:
-    """The tokenizer alone (fast: no weights)."""
+def load_tokenizer(spec: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Any:
+    """The tokenizer alone (fast: no weights), after the same checks as :func:`load_model`."""
     from transformers import AutoTokenizer
 
     src = resolve_model(spec)
+    if src.kind == "hf_dir":
+        inspect_hf_folder(src.path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    elif src.kind == "gguf":
+        check_gguf(src.path)
     if src.kind == "bundled":
         from .fetch import ensure_fetched
 
         return AutoTokenizer.from_pretrained(str(ensure_fetched(src.spec)))
     if src.kind == "gguf":
         return AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
-    return AutoTokenizer.from_pretrained(str(src.path) if src.path else src.spec)
+    try:
+        return AutoTokenizer.from_pretrained(str(src.path) if src.path else src.spec,
+                                             trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{src.spec}: cannot load its tokenizer ({_first_line(e)})") from None
 
 
 def _load_gguf(src: ModelSource, *, verify: bool) -> LoadedModel:
@@ -127,6 +137,10 @@ def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_re
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+    if manifest is not None and manifest.stage not in _ARTIFACT_LOADERS and manifest.stage in _STAGE_MODULES:
+        import importlib
+
+        importlib.import_module(_STAGE_MODULES[manifest.stage])
     if manifest is not None and manifest.stage in _ARTIFACT_LOADERS:
         return _ARTIFACT_LOADERS[manifest.stage](folder, manifest)
     info = inspect_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
