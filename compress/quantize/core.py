@@ -1,0 +1,175 @@
+"""``quantize_``: the stage's one verb. Rounds a model's weights in place onto integer grids and
+returns the integers (for the artifact and every export) with a report.
+
+    cfg = QuantConfig(scheme="int4-gptq", group_size=64)
+    ids = calibration_ids(tok, load_text(cfg.calib), samples=cfg.samples, seq_len=cfg.seq_len)
+    result = quantize_(model, cfg, ids)      # model now runs exactly the dequantized integers
+    result.report["bits_per_weight_after"]
+
+Order of work: every check (finite weights, an earlier quantization, group sizes, calibration data)
+happens before any calibration. Embeddings are rounded first, so calibration sees the inputs the
+quantized model will see; lm_head last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DataError
+from .awq import awq_layer
+from .calibrate import stream_layers
+from .config import QuantConfig
+from .gptq import gptq
+from .grid import Grid, QTensor, rtn
+from .layers import Plan, Target, check_finite, check_not_quantized, make_plan
+from .modules import apply_qtensor
+from .sensitivity import allocate, analyze, budget_summary
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class QuantResult:
+    config: QuantConfig
+    tensors: dict[str, QTensor]  # module name -> integers, in the order they were quantized
+    plan: Plan
+    report: dict[str, Any]
+
+    def layer_entries(self) -> dict[str, dict[str, Any]]:
+        """quantization.json's ``layers``: one entry per stored integer tensor (see FORMAT.md)."""
+        out = {}
+        for name, qt in self.tensors.items():
+            t = self.plan.targets[name]
+            out[name] = {"bits": qt.grid.bits, "group_size": qt.grid.group_size, "symmetric": qt.grid.symmetric,
+                         "method": t.method, "shape": list(qt.shape),
+                         "act_order": bool(self.config.act_order and t.method == "gptq"),
+                         "activations": t.activations}
+        return out
+
+    def quantization_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "scheme": self.config.scheme, "layers": self.layer_entries(),
+                "skipped": dict(self.plan.skipped), "embeddings": self.config.embeddings,
+                "lm_head": self.config.lm_head, "tied": self.plan.tied}
+
+
+def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = None) -> QuantResult:
+    """Quantize ``model`` in place according to ``cfg``; ``calib`` is [samples, seq_len] token ids
+    (see :func:`compress.quantize.calibration_ids`), needed by GPTQ, AWQ, --analyze and --budget-bits."""
+    t0 = time.perf_counter()
+    check_not_quantized(model)
+    check_finite(model)
+    plan = make_plan(model, cfg)
+    if cfg.needs_calibration and calib is None:
+        raise DataError(f"{cfg.scheme}: calibration token ids are needed (samples x seq_len), none given")
+    bytes_before, n_params = _param_bytes(model)
+    report: dict[str, Any] = {"scheme": cfg.scheme, "group_size": cfg.effective_group_size or "per-channel",
+                              "symmetric": cfg.symmetric}
+    if calib is not None and cfg.needs_calibration:
+        report["calibration"] = {"data": cfg.calib, "samples": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
+                                 "tokens": int(calib.numel())}
+    if cfg.analyze or cfg.budget_bits is not None:
+        cols = min(cfg.analyze_tokens, calib.shape[1])
+        table = analyze(model, plan, calib[:math.ceil(cfg.analyze_tokens / cols), :cols])
+        report["analysis"] = table
+        if cfg.budget_bits is not None:
+            choice = allocate(plan, table, cfg.budget_bits)
+            _apply_choice(plan, choice)
+            report["budget"] = {"target_bits": cfg.budget_bits, **budget_summary(plan, table, choice),
+                                "choice": choice}
+    tensors: dict[str, QTensor] = {}
+    with torch.no_grad():
+        for t in [t for t in plan.targets.values() if t.kind == "embeddings"]:
+            tensors[t.name] = _rtn_apply(model, t)
+        linears = {n: t for n, t in plan.targets.items() if t.kind == "linear"}
+        if cfg.method == "rtn":
+            for t in linears.values():
+                tensors[t.name] = _rtn_apply(model, t)
+        else:
+            extra = _calibrated(model, plan, cfg, calib, tensors)
+            report[cfg.method] = extra
+        for t in [t for t in plan.targets.values() if t.kind == "lm_head"]:
+            tensors[t.name] = _rtn_apply(model, t)
+    result = QuantResult(cfg, tensors, plan, report)
+    model.compress_quantization = result.quantization_json()
+    q_bytes = sum(qt.nbytes() for qt in tensors.values())
+    q_params = sum(qt.q.numel() for qt in tensors.values())
+    rest = bytes_before - 4 * q_params
+    report.update({
+        "quantized": len(tensors), "skipped": dict(plan.skipped),
+        "precision": {f"int{b}": sum(1 for q in tensors.values() if q.grid.bits == b) for b in (4, 8)},
+        "embeddings": cfg.embeddings, "lm_head": "tied to embeddings" if plan.tied else cfg.lm_head,
+        "tied": plan.tied, "params": n_params,
+        "bytes_before": bytes_before, "bytes_after": q_bytes + rest,
+        "bits_per_weight_before": 8 * bytes_before / n_params,
+        "bits_per_weight_after": 8 * (q_bytes + rest) / n_params,
+        "quantized_bits_per_weight": 8 * q_bytes / max(q_params, 1),
+        # what an export keeping the float tensors in fp16 would weigh: the size to compare with GGUF
+        "bytes_after_fp16_rest": q_bytes + rest // 2,
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+    log.info("quantized %d tensors, skipped %d: %.1f MB -> %.1f MB", len(tensors), len(plan.skipped),
+             bytes_before / 1e6, (q_bytes + rest) / 1e6)
+    return result
+
+
+def _apply_choice(plan: Plan, choice: dict[str, int]) -> None:
+    for name, bits in choice.items():
+        t = plan.targets[name]
+        if bits == 16:
+            del plan.targets[name]
+            plan.skipped[name] = "kept in float by --budget-bits"
+        elif bits != t.grid.bits:
+            t.grid = Grid(bits, t.grid.group_size, t.grid.symmetric)
+
+
+def _rtn_apply(model: nn.Module, t: Target) -> QTensor:
+    qt = rtn(t.module.weight.detach(), t.grid, name=t.name)
+    apply_qtensor(model, t.name, qt, activations=t.activations)
+    return qt
+
+
+def _calibrated(model: nn.Module, plan: Plan, cfg: QuantConfig, calib: torch.Tensor,
+                tensors: dict[str, QTensor]) -> dict[str, Any]:
+    """GPTQ or AWQ, streamed layer by layer; returns the method's part of the report."""
+    conf = model.config
+    head_dim = getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads
+    extra: dict[str, Any] = {}
+
+    def process(i: int, layer: nn.Module, targets: dict[str, Target], stats, x, kwargs) -> None:
+        if cfg.method == "gptq":
+            for name, t in targets.items():
+                qt, used = gptq(t.module.weight, stats[name].hessian, t.grid, damp=cfg.damp,
+                                act_order=cfg.act_order, name=name)
+                if used != cfg.damp:
+                    extra.setdefault("damping_raised", {})[name] = used
+                apply_qtensor(model, name, qt)
+                tensors[name] = qt
+        else:
+            qts, info = awq_layer(layer, targets, stats, x[:1], kwargs, head_dim=head_dim, n_grid=cfg.awq_grid)
+            extra.setdefault("ratios", {})[str(i)] = {k: v["ratio"] for k, v in info.items()}
+            for name, qt in qts.items():
+                apply_qtensor(model, name, qt)
+                tensors[name] = qt
+
+    stream_layers(model, calib, cfg.batch, plan.by_layer(), process, description=cfg.method.upper())
+    return extra
+
+
+def _param_bytes(model: nn.Module) -> tuple[int, int]:
+    """Bytes and count of the model's parameters (a tied matrix once)."""
+    seen, size, count = set(), 0, 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            size += p.numel() * p.element_size()
+            count += p.numel()
+    return size, count
