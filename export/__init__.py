@@ -4,10 +4,22 @@
     export_gguf("smollm2-135m", GGUFConfig(qtype="Q4_K_M"), "out/q4km")
 
 Formats: GGUF (:mod:`export.gguf`). The CLI (:mod:`export.cli`) dispatches ``--format`` through a
-table, so another format is one entry there.
+table, so another format is one entry there. Names are imported on first use: the CLI imports this
+package at start-up and should not pay for gguf-py there.
 """
 
-from .gguf import QTYPES as GGUF_QTYPES
-from .gguf import GGUFConfig, export_gguf
+from __future__ import annotations
 
-__all__ = ["GGUFConfig", "GGUF_QTYPES", "export_gguf"]
+import importlib
+from typing import Any
+
+_LAZY = {"GGUFConfig": "export.gguf", "export_gguf": "export.gguf", "GGUF_QTYPES": "export.gguf"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    mod = importlib.import_module(_LAZY[name])
+    return getattr(mod, "QTYPES" if name == "GGUF_QTYPES" else name)

@@ -100,6 +100,8 @@ def register(app: typer.Typer) -> None:
         qtype: Optional[str] = typer.Option(None, help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K_M Q5_K_M Q6_K."),
         embeddings: Optional[str] = typer.Option(None, help="GGUF type of token_embd/output (auto by default)."),
         check_tokens: Optional[int] = typer.Option(None, help="Token ids compared with PyTorch after writing."),
+        imatrix_tokens: Optional[int] = typer.Option(None, help="k-quants: calibration tokens for an importance "
+                                                                 "matrix (0 = none)."),
         config: Optional[Path] = typer.Option(None, help="Stage config file (YAML); options override it."),
         save_config: Optional[Path] = typer.Option(None, help="Write the resulting config to this file."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the plan; write nothing."),
@@ -109,5 +111,6 @@ def register(app: typer.Typer) -> None:
         if format not in EXPORTERS:
             raise ConfigError(f"--format: {format!r} is not an export format{suggest(format, EXPORTERS)}; "
                               f"choose one of: {', '.join(EXPORTERS)}")
-        options = {"qtype": qtype, "embeddings": embeddings, "check_tokens": check_tokens}
+        options = {"qtype": qtype, "embeddings": embeddings, "check_tokens": check_tokens,
+                   "imatrix_tokens": imatrix_tokens}
         EXPORTERS[format](ExportRequest(artifact, out_dir, force, dry_run, config, save_config, options))

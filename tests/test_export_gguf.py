@@ -160,3 +160,27 @@ def test_config_round_trips_and_lists_types():
     assert cfg.to_dict()["type"] == "export-gguf" and cfg.version == 1
     assert GGUFConfig(qtype="Q4_0").embedding_type() == "Q8_0"
     assert GGUFConfig(qtype="F16").tolerance().min_top1 == 0.98
+
+
+def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
+    import export.gguf.export as ex
+
+    src = memorized_tiny("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                         num_key_value_heads=2)
+    seen = {}
+    real = ex.quantize_with_llama_cpp
+
+    def spy(*a, imatrix=None, **k):
+        seen.update(imatrix or {})
+        return real(*a, imatrix=imatrix, **k)
+
+    monkeypatch.setattr(ex, "quantize_with_llama_cpp", spy)
+    with_imat = export_gguf(src, GGUFConfig(qtype="Q4_K_M", imatrix_tokens=256), tmp_path / "imat")
+    assert seen["blk.0.ffn_down.weight"].shape == (512,) and seen["blk.1.attn_q.weight"].shape == (256,)
+    assert len(seen) == 2 * 7 + 1 and "output.weight" in seen  # untied tiny llama: output has its own
+    assert all(np.isfinite(v).all() and (v > 0).all() for v in seen.values())
+    plain = export_gguf(src, GGUFConfig(qtype="Q4_K_M"), tmp_path / "plain")
+    a = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(with_imat).tensors}
+    b = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(plain).tensors}
+    assert not np.array_equal(a["blk.0.ffn_gate.weight"], b["blk.0.ffn_gate.weight"])  # it steered the rounding
+    assert _report(with_imat)["imatrix_tokens"] == 256

@@ -73,6 +73,8 @@ class GGUFConfig(StageConfig):
     reuse_integers: write a quantized artifact's own int4/int8 group-32 integers into Q4_0/Q8_0 blocks.
     check_tokens: token ids scored by both llama.cpp and PyTorch after writing.
     min_top1 / max_kl: override the per-type tolerance (None = :data:`TOLERANCES`).
+    imatrix_tokens: k-quants only: calibration tokens (moby-dick-calib) for an importance matrix
+        computed in PyTorch and given to llama.cpp's quantizer (0 = none).
     """
 
     qtype: str = "F16"
@@ -81,6 +83,7 @@ class GGUFConfig(StageConfig):
     check_tokens: int = 128
     min_top1: float | None = None
     max_kl: float | None = None
+    imatrix_tokens: int = 0
     threads: int = 2
 
     def validate(self) -> None:
@@ -96,6 +99,11 @@ class GGUFConfig(StageConfig):
             raise ConfigError(f"export-gguf.min_top1: {self.min_top1} must be in [0, 1]")
         if self.max_kl is not None and not self.max_kl >= 0:
             raise ConfigError(f"export-gguf.max_kl: {self.max_kl} must be >= 0")
+        if self.imatrix_tokens and not is_kquant(self.qtype):
+            raise ConfigError(f"export-gguf.imatrix_tokens: an importance matrix only steers llama.cpp's k-quants "
+                              f"({', '.join(K_TYPES)}), not {self.qtype}")
+        if self.imatrix_tokens < 0 or 0 < self.imatrix_tokens < 64:
+            raise ConfigError(f"export-gguf.imatrix_tokens: {self.imatrix_tokens}; use 0 (none) or >= 64")
         if self.threads < 1:
             raise ConfigError(f"export-gguf.threads: {self.threads} must be >= 1")
 

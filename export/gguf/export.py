@@ -25,6 +25,7 @@ from compress.progress import steps
 from .arch import ArchSpec, Dims, spec_for
 from .config import FLOAT_TYPES, TOLERANCES, GGUFConfig, Tolerance, is_kquant
 from .hparams import arch_metadata, model_dims
+from .imatrix import importance_matrix
 from .kquant import quantize_with_llama_cpp
 from .metadata import Metadata
 from .plan import TensorPlan, build_plan, summarize
@@ -53,7 +54,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     PosixPath('out/q8/model.Q8_0.gguf')
     """
     out_dir = Path(out_dir).absolute()
-    with steps(f"export {cfg.qtype} GGUF", 5 if is_kquant(cfg.qtype) else 4) as step:
+    with steps(f"export {cfg.qtype} GGUF", 4 + is_kquant(cfg.qtype) + bool(cfg.imatrix_tokens)) as step:
         step("reading the artifact")
         src = open_source(artifact)
         if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
@@ -71,7 +72,14 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
                     write_gguf(f32, spec.gguf_arch, metadata, plan, src)
                     step(f"quantizing to {cfg.qtype} with llama.cpp")
                     emb = None if cfg.embeddings == "auto" else cfg.embeddings
-                    quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb)
+                    imat = None
+                    if cfg.imatrix_tokens:
+                        step("importance matrix from calibration text")
+                        names = {t.gguf_name for t in plan}
+                        imat = {k: v for k, v in importance_matrix(src, spec, tokens=cfg.imatrix_tokens,
+                                                                   threads=cfg.threads).items() if k in names}
+                    quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb,
+                                            imatrix=imat)
                     f32.unlink()
                 else:
                     write_gguf(target, spec.gguf_arch, metadata, plan, src)
@@ -172,6 +180,7 @@ def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan
         "architecture": spec.gguf_arch,
         "dims": vars(dims),
         "quantized_input_layers": len(quant),
+        "imatrix_tokens": cfg.imatrix_tokens,
         "plan": summarize(plan),
         "metadata": md.summary(),
         "tokenizer": tok_info,

@@ -9,8 +9,11 @@ export writes an F32 GGUF first and hands it to ``llama_model_quantize``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from compress.errors import ExportMismatchError, MissingBackendError
 
@@ -22,9 +25,10 @@ _FTYPES = {"Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_
            "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K"}
 
 
-def quantize_with_llama_cpp(src: Path, dst: Path, qtype: str, *, threads: int,
-                            embedding_type: str | None = None) -> None:
-    """Quantize ``src`` (F32/F16 GGUF) into ``dst``; ``embedding_type`` pins token_embd/output."""
+def quantize_with_llama_cpp(src: Path, dst: Path, qtype: str, *, threads: int, embedding_type: str | None = None,
+                            imatrix: dict[str, np.ndarray] | None = None) -> None:
+    """Quantize ``src`` (F32/F16 GGUF) into ``dst``; ``embedding_type`` pins token_embd/output;
+    ``imatrix`` maps GGUF tensor names to per-input-column importances (see :mod:`.imatrix`)."""
     try:
         import llama_cpp
     except ImportError:
@@ -37,6 +41,18 @@ def quantize_with_llama_cpp(src: Path, dst: Path, qtype: str, *, threads: int,
     if embedding_type is not None:
         params.token_embedding_type = int(GGMLQuantizationType[embedding_type])
         params.output_tensor_type = int(GGMLQuantizationType[embedding_type])
+    keep: list = []  # ctypes only points into these: they must outlive the call
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(sorted(imatrix.items())):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            keep += [name.encode(), arr]
+            entries[i].name = keep[-2]
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(imatrix)].name = None  # llama.cpp reads up to the entry without a name
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(entries)
     with captured_output() as captured:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     text = captured()

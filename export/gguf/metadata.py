@@ -140,7 +140,6 @@ class Metadata:
         for key, (value, vtype, sub) in self._items.items():
             writer.add_key_value(key, value, vtype, sub_type=sub)
 
-    def summary(self, skip_prefix: str = "tokenizer.ggml.") -> dict[str, Any]:
-        """The scalar keys, for the manifest (token lists are too long to repeat there)."""
-        return {k: v for k, (v, t, _) in self._items.items() if t != T.ARRAY and k != "tokenizer.chat_template"
-                and not (k.startswith(skip_prefix) and isinstance(v, list))}
+    def summary(self) -> dict[str, Any]:
+        """The scalar keys, for the manifest (token lists and the chat template are too long to repeat)."""
+        return {k: v for k, (v, t, _) in self._items.items() if t != T.ARRAY and k != "tokenizer.chat_template"}
