@@ -85,8 +85,14 @@ def _print_gguf(path: Path) -> None:
     out.print(t)
 
 
+def _onnx(req: ExportRequest) -> None:
+    from export.onnx.cli import run
+
+    run(req)
+
+
 # format -> handler; the handler builds its stage config from the request and runs the stage
-EXPORTERS: dict[str, Callable[[ExportRequest], None]] = {"gguf": _gguf}
+EXPORTERS: dict[str, Callable[[ExportRequest], None]] = {"gguf": _gguf, "onnx": _onnx}
 
 
 def register(app: typer.Typer) -> None:
@@ -97,9 +103,16 @@ def register(app: typer.Typer) -> None:
         artifact: str = typer.Argument(..., help="Artifact folder, model folder or bundled model name."),
         format: str = typer.Option(..., "--format", "-f", help=f"Output format: {', '.join(EXPORTERS)}."),
         out_dir: Path = typer.Option(..., "--out", "-o", help="Output artifact directory."),
-        qtype: Optional[str] = typer.Option(None, help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K_M Q5_K_M Q6_K."),
+        qtype: Optional[str] = typer.Option(None, help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K_M Q5_K_M Q6_K; "
+                                                      "ONNX precision: fp32 fp16 int8 int4."),
         embeddings: Optional[str] = typer.Option(None, help="GGUF type of token_embd/output (auto by default)."),
         check_tokens: Optional[int] = typer.Option(None, help="Token ids compared with PyTorch after writing."),
+        accuracy_level: Optional[int] = typer.Option(None, help="ONNX MatMulNBits: 0 float activations .. 4 int8 "
+                                                                "(fastest on CPU)."),
+        block_size: Optional[int] = typer.Option(None, help="ONNX: weights per scale where the export quantizes."),
+        lm_head: Optional[str] = typer.Option(None, help="ONNX lm_head: auto float int8 int4."),
+        max_length: Optional[int] = typer.Option(None, help="ONNX: longest sequence the file runs (0 = model's)."),
+        ort_format: bool = typer.Option(False, "--ort-format", help="ONNX: also write onnxruntime's mobile .ort."),
         imatrix_tokens: Optional[int] = typer.Option(None, help="k-quants: calibration tokens for an importance "
                                                                  "matrix (0 = none)."),
         config: Optional[Path] = typer.Option(None, help="Stage config file (YAML); options override it."),
@@ -107,10 +120,13 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the plan; write nothing."),
         force: bool = typer.Option(False, help="Replace a non-empty output directory."),
     ) -> None:
-        """Export an artifact (GGUF for llama.cpp), validated against PyTorch after writing."""
+        """Export an artifact (GGUF for llama.cpp, ONNX for onnxruntime), validated against PyTorch after writing."""
         if format not in EXPORTERS:
             raise ConfigError(f"--format: {format!r} is not an export format{suggest(format, EXPORTERS)}; "
                               f"choose one of: {', '.join(EXPORTERS)}")
         options = {"qtype": qtype, "embeddings": embeddings, "check_tokens": check_tokens,
                    "imatrix_tokens": imatrix_tokens}
+        onnx_only = {"accuracy_level": accuracy_level, "block_size": block_size, "lm_head": lm_head,
+                     "max_length": max_length, "ort_format": ort_format or None}
+        options.update({k: v for k, v in onnx_only.items() if v is not None})  # gguf never sees them unasked
         EXPORTERS[format](ExportRequest(artifact, out_dir, force, dry_run, config, save_config, options))

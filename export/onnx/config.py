@@ -3,7 +3,7 @@
     >>> cfg = OnnxConfig(precision="int4", accuracy_level=4)
     >>> OnnxConfig.from_dict(cfg.to_dict()) == cfg
     True
-    >>> cfg.tolerance(exact=True)
+    >>> cfg.tolerance("artifact")
     Tolerance(min_top1=0.98, max_kl=0.02, max_abs=None)
 
 Precisions (what onnxruntime's CPU provider runs):
@@ -64,6 +64,10 @@ TOLERANCES: dict[str, Tolerance] = {
 # The artifact's own integers went in unchanged: only the kernel's int8 activations (accuracy_level 4)
 # and summation order separate the two. The issue's target for int4: >= 98% top-1.
 EXACT_TOLERANCE = Tolerance(0.98, 0.02)
+# The artifact's integers plus an lm_head / embedding table the export rounded to int8 itself: on
+# SmolLM2-135M the int8 lm_head under accuracy_level 4 alone agrees 97% (its input has outlier
+# channels that the kernel's per-block int8 activations round coarsely).
+HEAD_TOLERANCE = Tolerance(0.90, 0.05)
 
 
 @register_config("export-onnx")
@@ -123,9 +127,15 @@ class OnnxConfig(StageConfig):
             if value is not None and not value >= 0:
                 raise ConfigError(f"export-onnx.{name}: {value} must be >= 0")
 
-    def tolerance(self, exact: bool = False) -> Tolerance:
-        """The thresholds for this precision; ``exact`` when every quantized weight is the artifact's own."""
-        base = EXACT_TOLERANCE if exact and self.precision in ("int8", "int4") else TOLERANCES[self.precision]
+    def tolerance(self, integers: str = "") -> Tolerance:
+        """The thresholds for this precision. ``integers`` says where a quantized export's integers came
+        from: "artifact" (all the artifact's own), "artifact+head" (plus an lm_head / embedding table the
+        export rounded to int8), anything else (onnxruntime's quantizers): the precision's own."""
+        base = TOLERANCES[self.precision]
+        if self.precision in ("int8", "int4") and integers == "artifact":
+            base = EXACT_TOLERANCE
+        elif self.precision in ("int8", "int4") and integers == "artifact+head":
+            base = HEAD_TOLERANCE
         return Tolerance(base.min_top1 if self.min_top1 is None else self.min_top1,
                          base.max_kl if self.max_kl is None else self.max_kl,
                          base.max_abs if self.max_abs is None else self.max_abs)

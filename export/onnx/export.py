@@ -88,7 +88,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             if getattr(lm.model, "generation_config", None) is not None:
                 lm.model.generation_config.to_json_file(str(art.path / "generation_config.json"))
             step("checking against PyTorch")
-            tol = cfg.tolerance(exact=plan.exact)
+            tol = cfg.tolerance(plan.integers)
             import onnxruntime
 
             decoder = OnnxDecoder(make_session(target, threads=2))

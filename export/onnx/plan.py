@@ -47,7 +47,7 @@ class Plan:
     shared: bool  # tied embeddings and lm_head stored once (same integers)
     float_type: str  # "float32" | "float16": storage of float weights
     post: str | None  # "ort-rtn" | "dynamic" | None: onnxruntime tool run over the built graph
-    exact: bool  # every quantized weight is the artifact's own (tighter tolerance)
+    integers: str  # "artifact" | "artifact+head" | "onnxruntime" | "none": where the integers came from
 
     def summary(self) -> dict[str, object]:
         kinds: dict[str, int] = {}
@@ -59,7 +59,7 @@ class Plan:
                else self.embeddings.kind)
         notes = sorted({c.note for c in self.linears.values() if c.note})
         return {"linears": kinds, "lm_head": head, "embeddings": emb, "shared_embeddings": self.shared,
-                "post_quantizer": self.post, "exact_integers": self.exact, "notes": notes}
+                "post_quantizer": self.post, "integers": self.integers, "notes": notes}
 
 
 def make_plan(src: WeightSource, dims: ModelDims, cfg: OnnxConfig) -> Plan:
@@ -77,8 +77,15 @@ def make_plan(src: WeightSource, dims: ModelDims, cfg: OnnxConfig) -> Plan:
         post = "dynamic"
     head = _head_choice(src, dims, cfg)
     emb, shared = _embedding_choice(src, dims, cfg, head, float_type)
-    exact = post is None and all(c.qw is None or c.qw.origin == "artifact" for c in [head, emb])
-    return Plan(linears, head, emb, shared, float_type, post, exact)
+    if post is not None:
+        integers = "onnxruntime"
+    elif not any(c.qw is not None for c in [head, emb, *linears.values()]):
+        integers = "none"
+    elif all(c.qw is None or c.qw.origin == "artifact" for c in [head, emb]):
+        integers = "artifact"
+    else:
+        integers = "artifact+head"
+    return Plan(linears, head, emb, shared, float_type, post, integers)
 
 
 def _linear_choice(src: WeightSource, name: str, cfg: OnnxConfig, quantized: bool) -> Choice:
