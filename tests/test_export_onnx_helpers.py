@@ -62,6 +62,9 @@ def memorize(model, tok, path: Path, steps: int = 40) -> Path:
 
     from export.onnx.validate import check_ids
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its bars would land in the CLI tests' captured stderr
     ids = torch.tensor([check_ids(tok, 64)])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster than two busy ones

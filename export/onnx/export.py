@@ -50,14 +50,21 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
     from runtimes.onnx_runtime import OnnxDecoder, make_session
 
     out_dir = Path(out_dir).absolute()
-    check_writable_target(out_dir, force=force)  # before minutes of loading
+    earlier = not force and is_complete(out_dir)
+    if not earlier:
+        check_writable_target(out_dir, force=force)  # before minutes of loading
     cheap_id = _input_id(artifact)
-    if cheap_id and not force and is_complete(out_dir, content_id(STAGE, cfg, cheap_id)):
+    if earlier and cheap_id and is_complete(out_dir, content_id(STAGE, cfg, cheap_id)):
         log.info("%s already holds this export; reusing it", out_dir)
         return out_dir / MODEL_FILE
     with steps(f"export ONNX {cfg.precision}", 5) as step:
         step("loading the artifact")
         lm = _load(artifact)
+        if earlier:  # a finished artifact is there: the same export (reuse it) or another (refuse)
+            if is_complete(out_dir, content_id(STAGE, cfg, lm.model_id)):
+                log.info("%s already holds this export; reusing it", out_dir)
+                return out_dir / MODEL_FILE
+            check_writable_target(out_dir, force=force)
         spec = spec_for(lm.model.config)
         dims = model_dims(lm.model, spec)
         src = open_weights(lm)

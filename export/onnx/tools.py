@@ -77,10 +77,12 @@ def to_ort_format(onnx_path: Path, out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".ort-") as tmp:
         try:
             with _quiet():
-                made = convert_onnx_models_to_ort(onnx_path, output_dir=Path(tmp),
-                                                  optimization_styles=[OptimizationStyle.Fixed])
+                convert_onnx_models_to_ort(onnx_path, output_dir=Path(tmp), optimization_styles=[OptimizationStyle.Fixed])
         except Exception as e:  # the converter raises whatever onnxruntime raised
             raise IncompatibleLayerError(f"{onnx_path}: cannot convert to the .ort format ({str(e).splitlines()[0]})") from None
+        made = sorted(Path(tmp).glob("*.ort"))
+        if len(made) != 1:
+            raise IncompatibleLayerError(f"{onnx_path}: the .ort converter wrote {len(made)} files, expected one")
         target = out_dir / "model.ort"
         shutil.move(str(made[0]), target)
     return target

@@ -1,0 +1,195 @@
+"""Bad input to the ONNX export: one line on stderr, exit code 2, and nothing that looks finished; a graph
+that disagrees with PyTorch is caught; the config round-trips; the runtime refuses what it cannot run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+
+import pytest
+from test_export_onnx_helpers import peaked, rtn_artifact
+
+from compress.errors import ArtifactError, ConfigError, ExportMismatchError, MissingBackendError
+from compress.manifest import read_manifest
+from export.onnx import OnnxConfig, export_onnx
+
+
+def _nothing_left(out):
+    """Neither the output directory nor a temporary sibling of it exists."""
+    return not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def _one_line_error(rc, err, *needles):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path, run_cli):
+    src = shutil.copytree(peaked("llama"), tmp_path / "mistral")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    rc, _, err = run_cli("export", src, "--format", "onnx", "--qtype", "fp32", "--out", out)
+    _one_line_error(rc, err, "'mistral'", "supported: llama, gemma3_text")
+    assert _nothing_left(out)
+
+
+def test_head_dim_that_group_query_attention_cannot_run_is_refused(tiny_llama_dir, tmp_path, run_cli):
+    out = tmp_path / "out"  # the shared tiny Llama has head_dim 24
+    rc, _, err = run_cli("export", tiny_llama_dir, "--format", "onnx", "--out", out)
+    _one_line_error(rc, err, "head_dim: 24", "multiple of 16")
+    assert _nothing_left(out)
+
+
+def test_non_empty_output_directory_is_refused_unless_forced(tmp_path, run_cli):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--out", out)
+    _one_line_error(rc, err, "not empty", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+    rc, stdout, err = run_cli("export", peaked("llama"), "--format", "onnx", "--out", out, "--force")
+    assert rc == 0, err
+    assert not (out / "keep.txt").exists() and read_manifest(out).stage == "export-onnx"
+    assert "onnxruntime vs PyTorch" in stdout
+
+
+@pytest.mark.parametrize("qtype", ["int3", "Q4_0"])
+def test_unknown_precision_lists_the_precisions(qtype, tmp_path, run_cli):
+    out = tmp_path / "out"
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--qtype", qtype, "--out", out)
+    _one_line_error(rc, err, repr(qtype), "fp32, fp16, int8, int4")
+    assert _nothing_left(out)
+
+
+def test_gguf_only_option_is_refused_for_onnx(tmp_path, run_cli):
+    out = tmp_path / "out"
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--imatrix-tokens", "64", "--out", out)
+    _one_line_error(rc, err, "--imatrix-tokens", "--format onnx")
+
+
+def test_corrupt_input_artifact_is_named(tmp_path, run_cli):
+    art = rtn_artifact(peaked("llama"), tmp_path / "q4")
+    f = art / "model.safetensors"
+    os.truncate(f, f.stat().st_size - 100)
+    out = tmp_path / "out"
+    rc, _, err = run_cli("export", art, "--format", "onnx", "--qtype", "int4", "--out", out)
+    _one_line_error(rc, err, "model.safetensors", "corrupt artifact")
+    assert _nothing_left(out)
+
+
+def test_integers_of_the_wrong_dtype_are_named(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    art = rtn_artifact(peaked("llama"), tmp_path / "q4")
+    f = art / "model.safetensors"
+    raw = load_file(str(f))
+    name = "model.layers.0.mlp.up_proj.scales"
+    raw[name] = raw[name].astype("float32")
+    save_file(raw, str(f))
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = f.stat().st_size  # a consistent but wrong artifact
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="up_proj.scales: float32 .* expected float16"):
+        export_onnx(art, OnnxConfig(precision="int4"), tmp_path / "out")
+    assert _nothing_left(tmp_path / "out")
+
+
+def test_int8_precision_refuses_to_re_round_an_int4_artifact(tmp_path):
+    art = rtn_artifact(peaked("llama"), tmp_path / "q4")
+    with pytest.raises(ConfigError, match="int4 integers .*--precision int4"):
+        export_onnx(art, OnnxConfig(precision="int8"), tmp_path / "out")
+    assert _nothing_left(tmp_path / "out")
+
+
+def test_exception_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    import export.onnx.export as mod
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mod, "validate_onnx", boom)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_onnx(peaked("llama"), OnnxConfig(), out)
+    assert _nothing_left(out)
+
+
+def test_a_wrong_sliding_window_is_caught_as_a_mismatch(tmp_path, monkeypatch):
+    from export.onnx import arch
+
+    wrong = dataclasses.replace(arch.ARCHS["gemma3_text"],
+                                window=lambda c, i: c.sliding_window + 1 if c.layer_types[i] == "sliding_attention"
+                                else -1)
+    monkeypatch.setitem(arch.ARCHS, "gemma3_text", wrong)
+    out = tmp_path / "out"
+    with pytest.raises(ExportMismatchError, match=r"output 'logits' \(prefill\).*worst position \d+ \(token id \d+"):
+        export_onnx(peaked("gemma3"), OnnxConfig(), out)
+    assert _nothing_left(out)
+
+
+def test_missing_gemma_norm_offset_is_caught_as_a_mismatch(tmp_path, monkeypatch):
+    from export.onnx import arch
+
+    monkeypatch.setitem(arch.ARCHS, "gemma3_text", dataclasses.replace(arch.ARCHS["gemma3_text"], norm_offset=0.0))
+    with pytest.raises(ExportMismatchError, match="disagrees with PyTorch"):
+        export_onnx(peaked("gemma3"), OnnxConfig(), tmp_path / "out")
+
+
+def test_same_export_twice_is_reused(tmp_path):
+    out = tmp_path / "out"
+    export_onnx(peaked("llama"), OnnxConfig(), out)
+    first = read_manifest(out).created
+    export_onnx(peaked("llama"), OnnxConfig(), out)
+    assert read_manifest(out).created == first
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    cfg = OnnxConfig(precision="int4", accuracy_level=0, lm_head="int8", block_size=64, ort_format=True)
+    assert OnnxConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="block_size: 48"):
+        OnnxConfig(block_size=48)
+    with pytest.raises(ConfigError, match="accuracy_level: 5"):
+        OnnxConfig(accuracy_level=5)
+    with pytest.raises(ConfigError, match="lm_head: 'int2' is not one of: auto, float, int8, int4"):
+        OnnxConfig(lm_head="int2")
+    with pytest.raises(ConfigError, match="unknown key 'precison'.*did you mean 'precision'"):
+        OnnxConfig.from_dict({"precison": "fp32"})
+
+
+def test_runtime_refuses_an_artifact_that_is_not_an_onnx_export(tmp_path):
+    from runtimes import DeviceProfile, get_runtime
+
+    art = rtn_artifact(peaked("llama"), tmp_path / "q4")
+    with pytest.raises(ArtifactError, match="'quantize' artifact, not an ONNX export"):
+        get_runtime("onnxruntime").load(art, DeviceProfile())
+
+
+def test_runtime_without_onnxruntime_names_the_install_command(tmp_path, monkeypatch):
+    from runtimes import DeviceProfile, get_runtime
+
+    out = tmp_path / "out"
+    export_onnx(peaked("llama"), OnnxConfig(), out)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with pytest.raises(MissingBackendError, match="pip install onnxruntime"):
+        get_runtime("onnxruntime").load(out, DeviceProfile())
+
+
+def test_ort_format_is_written_and_validated(tmp_path):
+    from runtimes import DeviceProfile, get_runtime
+
+    out = tmp_path / "out"
+    export_onnx(peaked("llama"), OnnxConfig(precision="int4", ort_format=True), out)
+    r = read_manifest(out).report
+    assert (out / "model.ort").is_file() and r["ort_file"] == "model.ort"
+    assert r["ort_validation"]["kv_cache"]["top1_agreement"] >= r["ort_validation"]["tolerance"]["min_top1"]
+    rt = get_runtime("onnxruntime")
+    rt.load(out, DeviceProfile(threads=1), model_file="model.ort")
+    assert len(rt.generate([5, 6, 7], 4).new_ids) == 4
