@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -c "import compress.cli, runtimes, llama_cpp, transformers; print('installed transformers', transformers.__version__)"
 	touch $@
 
+# The demo and the tests never touch a model hub: HF_HUB_OFFLINE makes any attempt fail loudly.
+demo test test-unit test-integration bench: export HF_HUB_OFFLINE = 1
+
 demo: install
 	$(BIN)/compress fetch smollm2-135m
 	$(BIN)/compress eval smollm2-135m
