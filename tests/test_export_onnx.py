@@ -47,9 +47,10 @@ def test_fp32_export_matches_pytorch_on_prefill_and_kv_cache(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-@pytest.mark.parametrize("precision,op", [("fp16", "Cast"), ("int8", "MatMulInteger"), ("int4", "MatMulNBits")])
-def test_every_precision_of_a_float_model_validates(arch, precision, op, tmp_path):
-    path = export_onnx(peaked(arch), OnnxConfig(precision=precision), tmp_path / "out")
+@pytest.mark.parametrize("precision,method,op", [("fp16", "nbits", "Cast"), ("int8", "nbits", "MatMulNBits"),
+                                               ("int8", "dynamic", "MatMulInteger"), ("int4", "nbits", "MatMulNBits")])
+def test_every_precision_of_a_float_model_validates(arch, precision, method, op, tmp_path):
+    path = export_onnx(peaked(arch), OnnxConfig(precision=precision, int8_method=method), tmp_path / "out")
     r = read_manifest(path.parent).report
     tol = r["validation"]["tolerance"]
     for name in ("prefill", "kv_cache"):
@@ -61,9 +62,12 @@ def test_every_precision_of_a_float_model_validates(arch, precision, op, tmp_pat
     if precision == "fp16":
         w = inits["layers.0.attn.qkv_proj.weight"]
         assert w.data_type == onnx.TensorProto.FLOAT16
-    if precision == "int4":  # onnxruntime's RTN for the decoder, our int8 for the output projection
-        assert r["plan"]["post_quantizer"] == "ort-rtn" and r["plan"]["lm_head"] == "int8 (export-rtn)"
-        assert _attr(nodes["lm_head"], "bits") == 8
+    if precision in ("int8", "int4"):  # our int8 for the output projection
+        assert r["plan"]["lm_head"] == "int8 (export-rtn)" and _attr(nodes["lm_head"], "bits") == 8
+    if op == "MatMulNBits":  # onnxruntime's RTN for the decoder
+        assert r["plan"]["post_quantizer"] == "ort-nbits"
+        bits = {_attr(n, "bits") for n in m.graph.node if n.op_type == "MatMulNBits" and n.name != "lm_head"}
+        assert bits == {int(precision[3:])}
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -156,4 +160,4 @@ def test_pruned_student_with_uneven_shapes_exports(tmp_path):
         _, _, nodes, _ = _load(path)
         gqa = nodes["layers.0.attn.gqa"]
         assert _attr(gqa, "num_heads") == 4 and _attr(gqa, "kv_num_heads") == 2
-    assert r["plan"]["post_quantizer"] == "ort-rtn"
+    assert r["plan"]["post_quantizer"] == "ort-nbits"

@@ -28,7 +28,7 @@ from .arch import model_dims, rope_tables, spec_for
 from .config import OnnxConfig
 from .decoder import build_decoder
 from .plan import make_plan
-from .tools import quantize_int8, rtn_int4, to_ort_format
+from .tools import quantize_int8, rtn_nbits, to_ort_format
 from .validate import validate_onnx
 from .weights import open_weights
 
@@ -76,9 +76,10 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             model, weight_map = build_decoder(src, spec, dims, plan, rope_tables(lm.model, dims, length), cfg,
                                               lm.model.config)
             target = art.path / MODEL_FILE
-            if plan.post == "ort-rtn":
-                nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "ort-rtn"})
-                model = rtn_int4(model, nodes, block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
+            if plan.post == "ort-nbits":
+                nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "ort-nbits"})
+                model = rtn_nbits(model, nodes, bits=4 if cfg.precision == "int4" else 8, block_size=cfg.block_size,
+                                  accuracy_level=cfg.accuracy_level)
             if plan.post == "dynamic":
                 nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "dynamic"})
                 staged = art.path / "float.onnx"

@@ -1,13 +1,13 @@
 """Which form each weight takes in the ONNX file, decided before any graph is built.
 
     plan = make_plan(src, dims, OnnxConfig(precision="int4"))
-    plan.linears["model.layers.0.mlp.down_proj"].kind    # "nbits" (the artifact's integers) or "ort-rtn"
+    plan.linears["model.layers.0.mlp.down_proj"].kind    # "nbits" (the artifact's integers) or "ort-nbits"
     plan.head.kind, plan.embeddings.kind                  # "nbits" / "gbq" / "float32" / "float16"
 
 Rules: integers a quantized artifact holds are carried as they are (never re-quantized; an int4 artifact
 refuses the int8 precision rather than re-rounding it); layers the artifact deliberately kept in float
 stay float; a float artifact is quantized by onnxruntime's own tools after the graph is built
-("ort-rtn" for int4, "dynamic" for int8). lm_head and the embedding table follow ``OnnxConfig.lm_head``
+("ort-nbits": MatMulNBitsQuantizer at 4 or 8 bits; "dynamic": quantize_dynamic). lm_head and the embedding table follow ``OnnxConfig.lm_head``
 / ``embeddings``; a tied pair quantized to the same integers is stored once.
 """
 
@@ -33,7 +33,7 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 @dataclasses.dataclass
 class Choice:
-    kind: str  # linears: float | nbits | ort-rtn | dynamic; head: float | nbits; embeddings: float32 | float16 | gbq
+    kind: str  # linears: float | nbits | ort-nbits | dynamic; head: float | nbits; embeddings: float32 | float16 | gbq
     qw: QWeight | None = None
     block: int | None = None
     note: str = ""
@@ -46,7 +46,7 @@ class Plan:
     embeddings: Choice
     shared: bool  # tied embeddings and lm_head stored once (same integers)
     float_type: str  # "float32" | "float16": storage of float weights
-    post: str | None  # "ort-rtn" | "dynamic" | None: onnxruntime tool run over the built graph
+    post: str | None  # "ort-nbits" | "dynamic" | None: onnxruntime tool run over the built graph
     integers: str  # "artifact" | "artifact+head" | "onnxruntime" | "none": where the integers came from
 
     def summary(self) -> dict[str, object]:
@@ -71,8 +71,8 @@ def make_plan(src: WeightSource, dims: ModelDims, cfg: OnnxConfig) -> Plan:
         for suffix in LINEARS:
             name = f"model.layers.{i}.{suffix}"
             linears[name] = _linear_choice(src, name, cfg, quantized)
-    if any(c.kind == "ort-rtn" for c in linears.values()):
-        post = "ort-rtn"
+    if any(c.kind == "ort-nbits" for c in linears.values()):
+        post = "ort-nbits"
     elif any(c.kind == "dynamic" for c in linears.values()):
         post = "dynamic"
     head = _head_choice(src, dims, cfg)
@@ -103,7 +103,7 @@ def _linear_choice(src: WeightSource, name: str, cfg: OnnxConfig, quantized: boo
         return Choice("nbits", qw, block)
     if quantized:
         return Choice("float", note="kept in float by the artifact")
-    return Choice("ort-rtn" if cfg.precision == "int4" else "dynamic")
+    return Choice("dynamic" if cfg.precision == "int8" and cfg.int8_method == "dynamic" else "ort-nbits")
 
 
 def _head_choice(src: WeightSource, dims: ModelDims, cfg: OnnxConfig) -> Choice:

@@ -1,8 +1,8 @@
-"""onnxruntime's own tools, run over the graph we built: int4 RTN (MatMulNBitsQuantizer), int8 dynamic
+"""onnxruntime's own tools, run over the graph we built: 4/8-bit RTN (MatMulNBitsQuantizer), int8 dynamic
 quantization (quantize_dynamic), and the mobile ``.ort`` format (convert_onnx_models_to_ort).
 
-    model = rtn_int4(model, nodes, block_size=32, accuracy_level=4)        # float artifact -> int4
-    quantize_int8(src_path, dst_path, nodes)                                # float artifact -> int8
+    model = rtn_nbits(model, nodes, bits=4, block_size=32, accuracy_level=4)   # float artifact -> int4/int8
+    quantize_int8(src_path, dst_path, nodes)                                   # int8_method="dynamic"
     ort_path = to_ort_format(onnx_path, out_dir)                            # model.ort beside it
 
 Only the nodes we name are touched: an artifact's own integers are already MatMulNBits and never pass
@@ -44,17 +44,18 @@ def _quiet():
         log.debug("onnxruntime tools: %s", line)
 
 
-def rtn_int4(model: onnx.ModelProto, nodes: list[str], *, block_size: int, accuracy_level: int) -> onnx.ModelProto:
+def rtn_nbits(model: onnx.ModelProto, nodes: list[str], *, bits: int, block_size: int,
+              accuracy_level: int) -> onnx.ModelProto:
     """onnxruntime's MatMulNBitsQuantizer (round-to-nearest, symmetric, ``block_size``) on ``nodes``."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
-                             nodes_to_include=nodes, op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                             accuracy_level=accuracy_level, nodes_to_include=nodes, op_types_to_quantize=("MatMul",))
     with _quiet():
         q.process()
     out = q.model.model
     done = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
-    log.info("MatMulNBitsQuantizer: %d MatMul nodes now int4", done)
+    log.info("MatMulNBitsQuantizer: %d MatMul nodes now int%d", done, bits)
     return out
 
 
