@@ -129,3 +129,25 @@ def test_norm_offset_tells_gemma_from_llama():
 
     assert norm_offset(LlamaRMSNorm(8)) == 0.0
     assert norm_offset(Gemma3RMSNorm(8)) == 1.0
+
+
+def test_clip_search_never_raises_a_groups_output_error():
+    from compress.quantize.clip import clip_fit
+
+    x = _correlated(d=128)
+    h = x.T @ x / x.shape[0]
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(2)) * 0.05
+    w[:, 7] *= 8  # an outlier weight per row: clipping it should pay off somewhere
+    for grid in (Grid(4, 32, True), Grid(4, 32, False)):
+        scale, zero = clip_fit(w, h, grid)
+        plain = rtn(w, grid)
+
+        def group_err(deq):
+            e = (deq - w).reshape(32, 4, 32)
+            blocks = torch.stack([h[k * 32:(k + 1) * 32, k * 32:(k + 1) * 32] for k in range(4)])
+            return torch.einsum("ogi,gij,ogj->og", e, blocks, e)
+
+        clipped = group_err(grid.dequantize(grid.quantize(w, scale, zero), scale, zero))
+        unclipped = group_err(plain.dequantize())
+        assert bool((clipped <= unclipped * (1 + 1e-5)).all())
+        assert float(clipped.sum()) < float(unclipped.sum())

@@ -22,14 +22,11 @@ import torch
 from torch import nn
 
 from .calibrate import InputStats, layer_forward
+from .clip import clip_fit
 from .grid import Grid, QTensor, rtn, single_thread
 from .layers import Target
 
 log = logging.getLogger(__name__)
-
-CLIP_GRID = 20
-MAX_SHRINK = 0.5  # clip ratios tried: 1.0, 0.95, ..., 0.5
-
 
 def output_error(w_hat: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> float:
     """Mean squared output error per token of replacing ``w`` by ``w_hat`` for inputs with E[xxᵀ] = h."""
@@ -56,23 +53,10 @@ def search_scale(weights: list[tuple[torch.Tensor, Grid]], x_mean: torch.Tensor,
 
 
 def search_clip(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, name: str) -> QTensor:
-    """RTN with each (row, group)'s range shrunk by the ratio minimizing that group's output error
-    (block-diagonal part of ``h``); kept only if the full output error improves on no clipping."""
-    out, cols = w.shape
-    g = grid.group_size
-    ng = cols // g
-    hb = torch.stack([h[k * g:(k + 1) * g, k * g:(k + 1) * g] for k in range(ng)])
-    best_err = torch.full((out, ng), float("inf"))
-    best_clip = torch.ones(out, ng)
-    for k in range(int(MAX_SHRINK * CLIP_GRID) + 1):
-        ratio = 1 - k / CLIP_GRID
-        clip = torch.full((out, ng), ratio)
-        e = (rtn(w, grid, clip=clip, name=name).dequantize() - w).reshape(out, ng, g)
-        err = torch.einsum("ogi,gij,ogj->og", e, hb, e)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_clip = torch.where(better, clip, best_clip)
-    clipped, plain = rtn(w, grid, clip=best_clip, name=name), rtn(w, grid, name=name)
+    """RTN with each (row, group)'s range clipped for the least output error (AWQ's auto_clip, see
+    clip.py); kept only if the full output error improves on no clipping."""
+    scale, zero = clip_fit(w, h, grid, name=name)
+    clipped, plain = QTensor(grid.quantize(w, scale, zero), scale, zero, grid), rtn(w, grid, name=name)
     if output_error(clipped.dequantize(), w, h) <= output_error(plain.dequantize(), w, h):
         return clipped
     return plain

@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
                                                          help="Leave layers the group size does not fit in float."),
         act_order: Optional[bool] = typer.Option(None, "--act-order", help="GPTQ: salient columns first."),
         damp: Optional[float] = typer.Option(None, help="GPTQ damping (fraction of the mean Hessian diagonal)."),
+        clip_search: Optional[bool] = typer.Option(None, "--clip-search/--no-clip-search",
+                                                   help="GPTQ: search each group's range (default on)."),
         eval_tokens: Optional[int] = typer.Option(None, help="Held-in tokens scored for the report (0 = none)."),
         config: Optional[Path] = typer.Option(None, help="Quantize config file (YAML); options override it."),
         save_config: Optional[Path] = typer.Option(None, help="Write the resulting config to this file."),
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
         overrides: dict[str, Any] = {k: v for k, v in dict(
             scheme=scheme, group_size=group_size, symmetric=symmetric, calib=calib, samples=samples,
             seq_len=seq_len, exclude=exclude, embeddings=embeddings, lm_head=lm_head, budget_bits=budget_bits,
-            analyze=analyze, skip_incompatible=skip_incompatible, act_order=act_order, damp=damp,
+            analyze=analyze, skip_incompatible=skip_incompatible, act_order=act_order, damp=damp, clip_search=clip_search,
             eval_tokens=eval_tokens).items() if v is not None}
         cfg = QuantConfig.from_dict({**cfg.to_dict(), **overrides})
         if save_config:

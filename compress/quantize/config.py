@@ -46,6 +46,7 @@ class QuantConfig(StageConfig):
     skip_incompatible: bool = False
     damp: float = 0.01  # GPTQ: fraction of the mean Hessian diagonal added before Cholesky
     act_order: bool = False  # GPTQ: columns by decreasing Hessian diagonal, with static groups
+    clip_search: bool = True  # GPTQ: search each group's range for the least output error (AWQ always does)
     awq_grid: int = 20  # AWQ: ratios tried for s = mean|x| ** ratio
     analyze: bool = False
     analyze_tokens: int = 256

@@ -148,7 +148,7 @@ def _calibrated(model: nn.Module, plan: Plan, cfg: QuantConfig, calib: torch.Ten
         if cfg.method == "gptq":
             for name, t in targets.items():
                 qt, used = gptq(t.module.weight, stats[name].hessian, t.grid, damp=cfg.damp,
-                                act_order=cfg.act_order, name=name)
+                                act_order=cfg.act_order, clip=cfg.clip_search, name=name)
                 if used != cfg.damp:
                     extra.setdefault("damping_raised", {})[name] = used
                 apply_qtensor(model, name, qt)

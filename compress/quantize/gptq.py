@@ -15,6 +15,7 @@ import logging
 import torch
 
 from ..errors import IncompatibleLayerError
+from .clip import clip_fit
 from .grid import Grid, QTensor, single_thread
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,15 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float, *, name: str) -> tuple[
 
 @torch.no_grad()
 def gptq(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, damp: float = 0.01, act_order: bool = False,
-         name: str = "weight") -> tuple[QTensor, float]:
-    """Quantize ``w`` [out, in] with Hessian ``h`` [in, in]; returns the integers and the damping used."""
+         clip: bool = True, name: str = "weight") -> tuple[QTensor, float]:
+    """Quantize ``w`` [out, in] with Hessian ``h`` [in, in]; returns the integers and the damping used.
+    With ``clip``, each group's range is searched for the least output error (clip.py) instead of
+    spanning max |w|."""
     with single_thread():
-        return _gptq(w, h, grid, damp=damp, act_order=act_order, name=name)
+        return _gptq(w, h, grid, damp=damp, act_order=act_order, clip=clip, name=name)
 
 
-def _gptq(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, damp: float, act_order: bool,
+def _gptq(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, damp: float, act_order: bool, clip: bool,
           name: str) -> tuple[QTensor, float]:
     w = w.detach().float().clone()
     h = h.detach().float().clone()
@@ -62,7 +65,8 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, damp: float, act_orde
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else None
     static = None
     if act_order:
-        static = grid.fit(w, name=name)  # static groups: scales from the original weights
+        # static groups: scales from the original weights
+        static = clip_fit(w, h, grid, name=name) if clip else grid.fit(w, name=name)
         w, h = w[:, perm], h[perm][:, perm]
     hinv, used = inverse_hessian_factor(h, damp, name=name)
     q = torch.zeros(out, cols, dtype=torch.int32)
@@ -84,7 +88,10 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, damp: float, act_orde
                 ahead = w1[:, j:j + g]
                 if ahead.shape[1] < g:  # a group wider than the block (g = 256, or per channel)
                     ahead = torch.cat([ahead, w[:, b1:b1 + g - ahead.shape[1]]], 1)
-                s, z = grid.fit(ahead, name=name)
+                if clip:
+                    s, z = clip_fit(ahead, h[c:c + g, c:c + g], Grid(grid.bits, g, grid.symmetric), name=name)
+                else:
+                    s, z = grid.fit(ahead, name=name)
                 scale[:, grp] = s[:, 0]
                 if zero is not None:
                     zero[:, grp] = z[:, 0]
