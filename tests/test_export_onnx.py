@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import numpy_helper
 from test_export_onnx_helpers import peaked, prune_llama, rememorize, rtn_artifact, unpack
@@ -72,16 +73,17 @@ def test_every_precision_of_a_float_model_validates(arch, precision, method, op,
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_greedy_32_tokens_through_the_kv_cache_equal_pytorch(arch, tmp_path):
-    from runtimes import DeviceProfile, get_runtime
+    from runtimes import DeviceProfile, Runtime, get_runtime
 
     folder = peaked(arch)
     path = export_onnx(folder, OnnxConfig(precision="fp32"), tmp_path / "out")
     onnx_rt, torch_rt = get_runtime("onnxruntime"), get_runtime("pytorch")
+    assert isinstance(onnx_rt, Runtime) and onnx_rt.version() == onnxruntime.__version__
     onnx_rt.load(path.parent, DeviceProfile(threads=1))
     torch_rt.load(folder, DeviceProfile(threads=1))
     prompt = onnx_rt.tokenizer("It was the whale")["input_ids"]
     got, want = onnx_rt.generate(prompt, 32), torch_rt.generate(prompt, 32)
-    assert len(got.new_ids) == 32
+    assert len(got.new_ids) == 32 and got.time_to_first_token_s > 0 and got.total_s > got.time_to_first_token_s
     assert got.new_ids == want.new_ids
     np.testing.assert_allclose(onnx_rt.logits(prompt), torch_rt.logits(prompt), atol=1e-3)
     np.testing.assert_allclose(onnx_rt.logits(prompt, last=2), torch_rt.logits(prompt)[-2:], atol=1e-3)
