@@ -23,7 +23,7 @@ import onnx
 
 from .arch import ArchSpec, ModelDims
 from .config import OnnxConfig
-from .graph import FLOAT, FLOAT16, INT64, MS, Graph, nbits_tensors, value_info
+from .graph import FLOAT, INT64, MS, Graph, nbits_tensors, value_info
 from .plan import EMBED, HEAD, Plan
 from .weights import QWeight, WeightSource
 

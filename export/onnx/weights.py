@@ -14,7 +14,6 @@ low nibble = even column, unsigned 0..15, symmetric zero 8; int8: int8 signed wi
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -171,12 +170,3 @@ def rtn(name: str, w: np.ndarray, bits: int, block: int) -> QWeight:
         q = np.clip(np.round(g / s), -127, 127).astype(np.int8).reshape(out_f, in_f)
     return QWeight(name, bits, block, True, q, s16, None, origin="export-rtn")
 
-
-def read_quant_json(folder: Path) -> dict[str, Any] | None:
-    f = Path(folder) / QUANT_JSON
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{f}: not valid JSON ({e})") from None
