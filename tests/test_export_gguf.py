@@ -184,3 +184,21 @@ def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
     b = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(plain).tensors}
     assert not np.array_equal(a["blk.0.ffn_gate.weight"], b["blk.0.ffn_gate.weight"])  # it steered the rounding
     assert _report(with_imat)["imatrix_tokens"] == 256
+
+
+def test_wrong_metadata_in_a_4_bit_file_is_caught_against_its_own_weights(tmp_path, monkeypatch):
+    """A rope base off by 10x is a smaller error than 4-bit rounding on some models; the comparison with
+    PyTorch running the file's own weights has no 4-bit budget to hide it in."""
+    import export.gguf.export as ex
+
+    real = ex.arch_metadata
+
+    def wrong_rope(*a, **k):
+        md = real(*a, **k)
+        md["llama.rope.freq_base"] *= 10
+        return md
+
+    monkeypatch.setattr(ex, "arch_metadata", wrong_rope)
+    with pytest.raises(ExportMismatchError, match="file's own weights"):
+        export_gguf(memorized_tiny("llama"), GGUFConfig(qtype="Q4_0"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

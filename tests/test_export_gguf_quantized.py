@@ -64,7 +64,7 @@ def test_int4_group32_integers_land_in_q4_0_blocks_unchanged(arch, tmp_path):
     assert r["plan"]["decisions"]["direct"] == checked and "requantized" not in r["plan"]
     assert r["quantized_input_layers"] == checked
     v = r["validation"]  # against the artifact's own dequantized PyTorch model
-    assert v["min_top1"] == 0.95 and v["top1_agreement"] >= 0.95 and v["kl_mean"] <= v["max_kl"]
+    assert v["min_top1"] == 0.90 and v["top1_agreement"] >= 0.90 and v["kl_mean"] <= v["max_kl"]
 
 
 def test_int8_group32_integers_land_in_q8_0_blocks_unchanged(tmp_path):

@@ -92,7 +92,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
             step("validating in llama.cpp against PyTorch")
             t1 = time.perf_counter()
             tol = plan_tolerance(plan, cfg)
-            validation = validate_gguf(target, src, tolerance=tol, check_tokens=cfg.check_tokens,
+            validation = validate_gguf(target, src, plan, tolerance=tol, check_tokens=cfg.check_tokens,
                                        threads=cfg.threads, tokenizer_must_match=tok_info["tokenizer_source"]
                                        .startswith("built"))
             art.report.update(_report(src, spec, dims, plan, metadata, tok_info, cfg, target, readback,

@@ -3,15 +3,17 @@ same artifact, and the export is refused when they disagree beyond the type's to
 
 Metrics over all positions of the check ids (the start of the bundled evaluation text, BOS first
 when the tokenizer uses it): mean KL(PyTorch || llama.cpp), top-1 agreement, max |logit difference|,
-and both perplexities. The tokenizer is checked too: llama.cpp's tokenization of a probe text
+and both perplexities; once against the artifact (the type's tolerance: what quantization costs), once
+against PyTorch running the file's own weights read back (a tolerance for every type: whether the file
+is built right, which a 4-bit type's quality budget could otherwise hide). The tokenizer is checked too: llama.cpp's tokenization of a probe text
 (digits, contractions, accents, emoji, runs of spaces) must equal the model's own, or a file that
 scores well on ids could still read user text differently.
 
 Torch is imported here, not in the writer: this is the PyTorch side of the comparison.
 
-    >>> report = validate_gguf(path, src, tolerance=Tolerance(0.995, 1e-4), check_tokens=128)
-    >>> report["top1_agreement"]
-    1.0
+    >>> report = validate_gguf(path, src, plan, tolerance=Tolerance(0.995, 1e-4), check_tokens=128)
+    >>> report["top1_agreement"], report["file_weights_in_pytorch"]["kl_mean"]
+    (1.0, 8.4e-07)
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import numpy as np
 
 from compress.errors import ExportMismatchError, MissingBackendError
 
-from .config import Tolerance
+from .arch import rope_rows
+from .config import FIDELITY, Tolerance
+from .plan import TensorPlan
 from .quiet import captured_output
 from .source import ExportSource
 
@@ -74,9 +78,14 @@ def _dequantized_reference(src: ExportSource) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(str(src.folder))
 
 
-def validate_gguf(path: Path, src: ExportSource, *, tolerance: Tolerance, check_tokens: int,
-                  threads: int = 2, tokenizer_must_match: bool = True) -> dict[str, Any]:
-    """Compare llama.cpp on ``path`` with PyTorch on ``src``; raise ExportMismatchError beyond tolerance."""
+def validate_gguf(path: Path, src: ExportSource, plan: list[TensorPlan], *, tolerance: Tolerance,
+                  check_tokens: int, threads: int = 2, tokenizer_must_match: bool = True) -> dict[str, Any]:
+    """Compare llama.cpp on ``path`` with PyTorch on ``src``; raise ExportMismatchError beyond tolerance.
+
+    Two comparisons on the same ids. Against the artifact (``tolerance``, per type): what the user
+    gets. Against PyTorch running the file's own weights, read back and dequantized (``FIDELITY``
+    for every type): whether the file is built right. The second one cannot hide a wrong rope base or
+    norm offset inside a 4-bit type's quality budget."""
     import torch
 
     from compress.gguf_import import check_ids, llamacpp_logits, torch_logits
@@ -85,7 +94,6 @@ def validate_gguf(path: Path, src: ExportSource, *, tolerance: Tolerance, check_
     torch.set_num_threads(threads)
     ids = check_ids(tok, check_tokens)
     t = torch_logits(model, ids)
-    del model
     with captured_output() as chatter:
         try:
             ll = llamacpp_logits(path, ids, threads=threads)
@@ -97,19 +105,55 @@ def validate_gguf(path: Path, src: ExportSource, *, tolerance: Tolerance, check_
     if ll.shape != t.shape:
         raise ExportMismatchError(f"{path.name}: llama.cpp returns logits of shape {list(ll.shape)}, "
                                   f"PyTorch {list(t.shape)}")
+    load_gguf_weights(model, path, plan)
+    g = torch_logits(model, ids)
+    del model
     report = compare_logits(t, ll, ids)
     report.update(reference=how, check_tokens=len(ids), min_top1=tolerance.min_top1, max_kl=tolerance.max_kl)
+    fidelity = compare_logits(g, ll, ids)
+    fidelity.update(min_top1=FIDELITY.min_top1, max_kl=FIDELITY.max_kl)
+    report["file_weights_in_pytorch"] = fidelity
+    report["weights_only"] = {k: v for k, v in compare_logits(t, g, ids).items()
+                              if k in ("top1_agreement", "kl_mean", "torch_perplexity", "llamacpp_perplexity")}
+    report["weights_only"]["file_weights_perplexity"] = report["weights_only"].pop("llamacpp_perplexity")
     report.update(tokenizer_check(path, tok))
-    _judge(path, report, tolerance, tok, ids, t, ll)
+    _judge(path, fidelity, FIDELITY, tok, ids, g, ll,
+           what="PyTorch running the file's own weights (the file is built wrongly, not just quantized)")
+    _judge(path, report, tolerance, tok, ids, t, ll, what="PyTorch")
     if not report["tokenizer_agreement"]:
         msg = (f"{path.name}: llama.cpp tokenizes the probe text differently from the model's tokenizer "
                f"from token {report['tokenizer_first_difference']}")
         if tokenizer_must_match:
             raise ExportMismatchError(msg)
         log.warning("%s (tokenizer copied from the source GGUF, kept as is)", msg)
-    log.info("validated %s: top-1 %.2f%%, KL %.2e, max |dlogit| %.3g", path.name, 100 * report["top1_agreement"],
-             report["kl_mean"], report["max_abs_logit_diff"])
+    log.info("validated %s: top-1 %.2f%%, KL %.2e, max |dlogit| %.3g; vs its own weights in PyTorch: KL %.2e",
+             path.name, 100 * report["top1_agreement"], report["kl_mean"], report["max_abs_logit_diff"],
+             fidelity["kl_mean"])
     return report
+
+
+def load_gguf_weights(model, path: Path, plan: list[TensorPlan]) -> None:
+    """Put the GGUF's tensors, dequantized by gguf-py and with llama.cpp's conventions undone (rope
+    row order, Gemma's +1, folded scales), into the PyTorch model in place."""
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    state = {}
+    for p in plan:
+        rt = tensors[p.gguf_name]
+        data = np.array(dequantize(np.asarray(rt.data), rt.tensor_type), dtype=np.float32).reshape(p.shape)
+        if p.scale != 1.0:
+            data = data / np.float32(p.scale)
+        if p.transform == "norm_plus_one":
+            data = data - np.float32(1.0)
+        if p.rope_heads:
+            data = data[np.argsort(rope_rows(p.shape[0], p.rope_heads))]
+        state[p.hf_name] = torch.from_numpy(np.ascontiguousarray(data))
+    _, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ExportMismatchError(f"{path.name}: tensors {unexpected[:3]} have no place in the PyTorch model")
 
 
 def compare_logits(t: np.ndarray, ll: np.ndarray, ids: list[int]) -> dict[str, Any]:
@@ -160,7 +204,7 @@ def tokenizer_check(path: Path, tok) -> dict[str, Any]:
 
 
 def _judge(path: Path, r: dict[str, Any], tol: Tolerance, tok, ids: list[int], t: np.ndarray,
-           ll: np.ndarray) -> None:
+           ll: np.ndarray, *, what: str) -> None:
     fails = []
     if r["top1_agreement"] < tol.min_top1:
         fails.append(f"top-1 agreement {r['top1_agreement']:.1%} < {tol.min_top1:.1%}")
@@ -171,7 +215,7 @@ def _judge(path: Path, r: dict[str, Any], tol: Tolerance, tok, ids: list[int], t
     p = r["worst_position"]
     word = lambda i: repr(tok.decode([int(i)]))  # noqa: E731
     raise ExportMismatchError(
-        f"{path.name} disagrees with PyTorch on {len(ids)} check tokens: {'; '.join(fails)}. Worst output: "
+        f"{path.name} disagrees with {what} on {len(ids)} check tokens: {'; '.join(fails)}. Worst output: "
         f"position {p} (after {word(ids[p])}), KL {r['kl_max']:.3g}, PyTorch predicts {word(t[p].argmax())}, "
         f"llama.cpp {word(ll[p].argmax())}; max |logit diff| {r['max_abs_logit_diff']:.3g}")
 
