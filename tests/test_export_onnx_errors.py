@@ -193,3 +193,20 @@ def test_ort_format_is_written_and_validated(tmp_path):
     rt = get_runtime("onnxruntime")
     rt.load(out, DeviceProfile(threads=1), model_file="model.ort")
     assert len(rt.generate([5, 6, 7], 4).new_ids) == 4
+
+
+def test_dry_run_prints_the_plan_writes_nothing_and_saves_the_config(tmp_path, run_cli):
+    import yaml
+
+    out, saved = tmp_path / "out", tmp_path / "onnx.yaml"
+    art = rtn_artifact(peaked("llama"), tmp_path / "q4")
+    rc, stdout, err = run_cli("export", art, "--format", "onnx", "--qtype", "int4", "--lm-head", "float",
+                              "--accuracy-level", "0", "--out", out, "--dry-run", "--save-config", saved)
+    assert rc == 0, err
+    assert '"nbits-int4": 14' in stdout and "llama, 2 layers" in stdout
+    assert _nothing_left(out)
+    cfg = OnnxConfig.from_dict(yaml.safe_load(saved.read_text()))
+    assert cfg == OnnxConfig(precision="int4", lm_head="float", accuracy_level=0)
+    rc, _, err = run_cli("export", art, "--format", "onnx", "--config", saved, "--out", out)
+    assert rc == 0, err
+    assert OnnxConfig.from_dict(read_manifest(out).config) == cfg
