@@ -44,12 +44,23 @@ def _quiet():
         log.debug("onnxruntime tools: %s", line)
 
 
+def _quantizer_class():
+    """MatMulNBitsQuantizer, imported without the ``logging.basicConfig(level=INFO)`` its module runs,
+    which would otherwise configure the caller's root logger."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return MatMulNBitsQuantizer
+
+
 def rtn_nbits(model: onnx.ModelProto, nodes: list[str], *, bits: int, block_size: int,
               accuracy_level: int) -> onnx.ModelProto:
     """onnxruntime's MatMulNBitsQuantizer (round-to-nearest, symmetric, ``block_size``) on ``nodes``."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+    q = _quantizer_class()(model, bits=bits, block_size=block_size, is_symmetric=True,
                              accuracy_level=accuracy_level, nodes_to_include=nodes, op_types_to_quantize=("MatMul",))
     with _quiet():
         q.process()
