@@ -5,7 +5,8 @@ llama.cpp Q4_0 of the same model on the same token ids and threads for compariso
         --export fp32=smollm2-135m --export int8=smollm2-135m --export int4=out/smollm2-int4-rtn-g32
     python benchmarks/bench_export_onnx.py --model gemma3-270m --export fp32=gemma3-270m --reps 2
 
-Each ``--export PRECISION=ARTIFACT`` exports ARTIFACT at PRECISION into ``--work`` (an identical earlier
+Each ``--export PRECISION=ARTIFACT[,FIELD=VALUE...]`` exports ARTIFACT at PRECISION (with those extra
+OnnxConfig fields, e.g. ``lm_head=int4`` or ``accuracy_level=0``) into ``--work`` (an identical earlier
 export is reused), then times greedy decoding of ``--tokens`` new tokens after a fixed prompt with our
 KV-cache loop (runtimes/onnx_runtime.py). llama.cpp runs the bundled GGUF requantized to Q4_0
 (``llama_model_quantize`` with ``allow_requantize``). Runs alternate between onnxruntime and llama.cpp,
@@ -27,14 +28,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- bench_export_onnx:{model}:begin -->", "<!-- bench_export_onnx:{model}:end -->"
+OUTER_BEGIN, OUTER_END = "<!-- bench_export_onnx:begin -->", "<!-- bench_export_onnx:end -->"
 PROMPT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
           "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light")
 
 
-def export(model: str, precision: str, artifact: str, work: Path, extra: dict) -> Path:
+def parse_fields(items: list[str]) -> dict:
+    out = {}
+    for kv in items:
+        k, v = kv.split("=", 1)
+        out[k] = int(v) if v.lstrip("-").isdigit() else v
+    return out
+
+
+def describe(artifact: str) -> str:
+    """A quantize artifact by its scheme (the path alone says nothing once it is gone)."""
+    from compress.manifest import MANIFEST, read_manifest
+
+    p = Path(artifact)
+    if (p / MANIFEST).is_file():
+        m = read_manifest(p, check_files=False)
+        if m.stage == "quantize":
+            c = m.config
+            return (f"quantize {c.get('scheme')} g{c.get('group_size')} "
+                    f"(samples {c.get('samples')}, seq {c.get('seq_len')})")
+    return artifact
+
+
+def export(model: str, label: str, precision: str, artifact: str, work: Path, extra: dict) -> Path:
     from export.onnx import OnnxConfig, export_onnx
 
-    out = work / f"{model}-onnx-{precision}" / "export"
+    out = work / f"{model}-onnx-{label.replace(' ', '-').replace('=', '')}" / "export"
     cfg = OnnxConfig(precision=precision, check_tokens=128, **extra)
     return export_onnx(artifact, cfg, out).parent
 
@@ -81,7 +105,7 @@ class LlamaCpp:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="bundled model name (for llama.cpp's GGUF and the table)")
-    ap.add_argument("--export", action="append", default=[], help="PRECISION=ARTIFACT, repeatable")
+    ap.add_argument("--export", action="append", default=[], help="PRECISION=ARTIFACT[,FIELD=VALUE...], repeatable")
     ap.add_argument("--option", action="append", default=[], help="extra OnnxConfig field NAME=VALUE for every export")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
@@ -89,24 +113,24 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_export_onnx")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", help="RESULTS.md section name (default: the model); one per invocation")
     args = ap.parse_args()
 
     from compress.manifest import read_manifest
     from runtimes import DeviceProfile
     from runtimes.onnx_runtime import OnnxRuntime
 
-    extra = {}
-    for kv in args.option:
-        k, v = kv.split("=", 1)
-        extra[k] = int(v) if v.lstrip("-").isdigit() else v
+    extra = parse_fields(args.option)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     exports = []
     for spec in args.export:
-        precision, artifact = spec.split("=", 1)
+        precision, rest = spec.split("=", 1)
+        artifact, *fields = rest.split(",")
+        label = " ".join([precision] + fields)
         t0 = time.perf_counter()
-        folder = export(args.model, precision, artifact, args.work, extra)
-        exports.append((precision, artifact, folder, time.perf_counter() - t0))
+        folder = export(args.model, label, precision, artifact, args.work, {**extra, **parse_fields(fields)})
+        exports.append((label, artifact, folder, time.perf_counter() - t0))
     llama = None
     if not args.no_llama_cpp:
         llama = LlamaCpp(llama_cpp_q4_0(args.model, args.work), args.threads)
@@ -141,7 +165,7 @@ def main() -> None:
         v = r["validation"]
         tps = statistics.median(speeds[precision])
         rows.append({
-            "precision": precision, "artifact": artifact, "integers": r["plan"]["integers"],
+            "precision": precision, "artifact": describe(artifact), "integers": r["plan"]["integers"],
             "lm_head": r["plan"]["lm_head"], "size_mb": r["onnx_bytes"] / 1e6,
             "export_s": m.wall_time_s, "top1_prefill": v["prefill"]["top1_agreement"],
             "top1_kv": v["kv_cache"]["top1_agreement"], "kl": v["prefill"]["kl"], "max_abs": v["prefill"]["max_abs"],
@@ -150,13 +174,14 @@ def main() -> None:
     table = render(args, rows, speeds, ttfts, ref, load, len(ids))
     print(table)
     if not args.no_write:
-        write_section(args.model, table)
+        write_section(args.section or args.model, table)
 
 
 def render(args, rows, speeds, ttfts, ref, load, n_prompt) -> str:
     import onnxruntime
 
-    lines = [f"### {args.model}: ONNX export (onnxruntime {onnxruntime.__version__}, {args.threads} threads)", "",
+    title = f"{args.model}: ONNX export" + (f" ({args.section})" if args.section else "")
+    lines = [f"### {title} (onnxruntime {onnxruntime.__version__}, {args.threads} threads)", "",
              f"Command: `python benchmarks/bench_export_onnx.py {' '.join(sys.argv[1:])}`", "",
              f"Decode: greedy, {args.tokens} new tokens after a {n_prompt}-token prompt, median of {args.reps} "
              f"(min..max); 1-min load average at the end {load:.1f} on a shared 2-core machine, so absolute "
@@ -179,17 +204,19 @@ def render(args, rows, speeds, ttfts, ref, load, n_prompt) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(model: str, table: str) -> None:
+def write_section(name: str, table: str) -> None:
+    """Put ``table`` into benchmarks/RESULTS.md as the block for ``name`` inside this script's own
+    "Export to ONNX" section (created at the end of the file the first time), replacing an older block."""
     path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    begin, end = BEGIN.format(model=model), END.format(model=model)
-    block = f"{begin}\n{table}{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    text = path.read_text() if path.exists() else "# Results\n"
+    begin, end = BEGIN.format(model=name), END.format(model=name)
+    if begin in text and end in text:  # drop the old block wherever it is
+        text = text[:text.index(begin)].rstrip("\n") + "\n\n" + text[text.index(end) + len(end):].lstrip("\n")
+    if OUTER_END not in text:
+        text = text.rstrip("\n") + f"\n\n## Export to ONNX (issue #4)\n\n{OUTER_BEGIN}\n{OUTER_END}\n"
+    k = text.index(OUTER_END)
+    text = text[:k] + f"{begin}\n{table}{end}\n\n" + text[k:]
     path.write_text(text)
-
 
 if __name__ == "__main__":
     main()
