@@ -37,7 +37,10 @@ def parse_fields(items: list[str]) -> dict:
     out = {}
     for kv in items:
         k, v = kv.split("=", 1)
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
+        try:
+            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            out[k] = v
     return out
 
 
