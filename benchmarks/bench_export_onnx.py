@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -185,7 +186,7 @@ def render(args, rows, speeds, ttfts, ref, load, n_prompt) -> str:
 
     title = f"{args.model}: ONNX export" + (f" ({args.section})" if args.section else "")
     lines = [f"### {title} (onnxruntime {onnxruntime.__version__}, {args.threads} threads)", "",
-             f"Command: `python benchmarks/bench_export_onnx.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `python benchmarks/bench_export_onnx.py {shlex.join(sys.argv[1:])}`", "",
              f"Decode: greedy, {args.tokens} new tokens after a {n_prompt}-token prompt, median of {args.reps} "
              f"(min..max); 1-min load average at the end {load:.1f} on a shared 2-core machine, so absolute "
              "speeds are low and noisy; runs alternate between runtimes. Validation: onnxruntime vs the PyTorch "
