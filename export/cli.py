@@ -73,7 +73,7 @@ def _print_gguf(path: Path) -> None:
     v = r["validation"]
     t = Table(title=str(path), show_header=False)
     t.add_row("size", f"{r['gguf_bytes'] / 1e6:.1f} MB ({r['input_weight_bytes'] / 1e6:.1f} MB in)")
-    t.add_row("tensors", json.dumps(r["plan"]["types"]) + "  " + json.dumps(r["plan"]["decisions"]))
+    t.add_row("tensors", json.dumps(r["readback"]["types"]) + "  " + json.dumps(r["plan"]["decisions"]))
     t.add_row("llama.cpp vs PyTorch", f"top-1 {v['top1_agreement']:.2%} (min {v['min_top1']:.1%}), mean KL "
               f"{v['kl_mean']:.2e} (max {v['max_kl']:.1e}), max |dlogit| {v['max_abs_logit_diff']:.3g} "
               f"on {v['check_tokens']} tokens")

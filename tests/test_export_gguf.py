@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_export_gguf_helpers import memorized_tiny
 
-from compress.errors import ExportMismatchError
+from compress.errors import ConfigError, ExportMismatchError
 from compress.manifest import read_manifest
 from export.gguf import GGUFConfig, export_gguf
 from export.gguf.arch import ARCHS
@@ -160,6 +160,9 @@ def test_config_round_trips_and_lists_types():
     assert cfg.to_dict()["type"] == "export-gguf" and cfg.version == 1
     assert GGUFConfig(qtype="Q4_0").embedding_type() == "Q8_0"
     assert GGUFConfig(qtype="F16").tolerance().min_top1 == 0.98
+    assert GGUFConfig(qtype="Q4_K_M").imatrix() == 4096 and GGUFConfig(qtype="Q8_0").imatrix() == 0
+    with pytest.raises(ConfigError, match="only steers llama.cpp's k-quants"):
+        GGUFConfig(qtype="Q4_0", imatrix_tokens=1024)
 
 
 def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
@@ -179,7 +182,7 @@ def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
     assert seen["blk.0.ffn_down.weight"].shape == (512,) and seen["blk.1.attn_q.weight"].shape == (256,)
     assert len(seen) == 2 * 7 + 1 and "output.weight" in seen  # untied tiny llama: output has its own
     assert all(np.isfinite(v).all() and (v > 0).all() for v in seen.values())
-    plain = export_gguf(src, GGUFConfig(qtype="Q4_K_M"), tmp_path / "plain")
+    plain = export_gguf(src, GGUFConfig(qtype="Q4_K_M", imatrix_tokens=0), tmp_path / "plain")
     a = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(with_imat).tensors}
     b = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(plain).tensors}
     assert not np.array_equal(a["blk.0.ffn_gate.weight"], b["blk.0.ffn_gate.weight"])  # it steered the rounding

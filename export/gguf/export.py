@@ -54,7 +54,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     PosixPath('out/q8/model.Q8_0.gguf')
     """
     out_dir = Path(out_dir).absolute()
-    with steps(f"export {cfg.qtype} GGUF", 4 + is_kquant(cfg.qtype) + bool(cfg.imatrix_tokens)) as step:
+    with steps(f"export {cfg.qtype} GGUF", 4 + is_kquant(cfg.qtype) + bool(cfg.imatrix())) as step:
         step("reading the artifact")
         src = open_source(artifact)
         if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
@@ -73,10 +73,10 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
                     step(f"quantizing to {cfg.qtype} with llama.cpp")
                     emb = None if cfg.embeddings == "auto" else cfg.embeddings
                     imat = None
-                    if cfg.imatrix_tokens:
+                    if cfg.imatrix():
                         step("importance matrix from calibration text")
                         names = {t.gguf_name for t in plan}
-                        imat = {k: v for k, v in importance_matrix(src, spec, tokens=cfg.imatrix_tokens,
+                        imat = {k: v for k, v in importance_matrix(src, spec, tokens=cfg.imatrix(),
                                                                    threads=cfg.threads).items() if k in names}
                     quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb,
                                             imatrix=imat)
@@ -152,7 +152,10 @@ def check_readback(path: Path, plan: list[TensorPlan], md: Metadata, *, exact_ty
         if field.types[0] != GGUFValueType.ARRAY and field.contents() != md[key] \
                 and not isinstance(md[key], float):
             raise ArtifactError(f"{path.name}: metadata {key} reads back as {field.contents()!r}, wrote {md[key]!r}")
-    return {"tensors": len(got), "metadata_keys": len(reader.fields)}
+    types: dict[str, int] = {}
+    for t in got.values():
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    return {"tensors": len(got), "metadata_keys": len(reader.fields), "types": dict(sorted(types.items()))}
 
 
 def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan], md: Metadata, tok_info: dict,
@@ -180,7 +183,7 @@ def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan
         "architecture": spec.gguf_arch,
         "dims": vars(dims),
         "quantized_input_layers": len(quant),
-        "imatrix_tokens": cfg.imatrix_tokens,
+        "imatrix_tokens": cfg.imatrix(),
         "plan": summarize(plan),
         "metadata": md.summary(),
         "tokenizer": tok_info,
