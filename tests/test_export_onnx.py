@@ -94,10 +94,11 @@ def test_int4_integers_in_matmulnbits_equal_the_artifacts(arch, symmetric, tmp_p
     from safetensors.numpy import load_file
 
     art = rtn_artifact(peaked(arch), tmp_path / "q4", bits=4, group=32, symmetric=symmetric)
-    path = export_onnx(art, OnnxConfig(precision="int4", lm_head="float"), tmp_path / "out")
+    path = export_onnx(art, OnnxConfig(precision="int4", lm_head="float", accuracy_level=0), tmp_path / "out")
     r = read_manifest(path.parent).report
     assert r["plan"]["integers"] == "artifact" and r["plan"]["post_quantizer"] is None
     assert r["validation"]["tolerance"]["min_top1"] == 0.98  # the target for the artifact's own integers
+    assert r["validation"]["prefill"]["max_abs"] < 0.02  # float compute: PyTorch's numbers up to summation order
     raw = load_file(str(art / "model.safetensors"))
     layers = json.loads((art / "quantization.json").read_text())["layers"]
     _, inits, nodes, wmap = _load(path)

@@ -1,6 +1,6 @@
 """``OnnxConfig``: the one frozen, versioned config of the ONNX export, and its per-precision tolerances.
 
-    >>> cfg = OnnxConfig(precision="int4", accuracy_level=4)
+    >>> cfg = OnnxConfig(precision="int4", accuracy_level=0)
     >>> OnnxConfig.from_dict(cfg.to_dict()) == cfg
     True
     >>> cfg.tolerance("artifact")
@@ -65,13 +65,14 @@ TOLERANCES: dict[str, Tolerance] = {
     "int8": Tolerance(0.90, 0.05),  # new int8 weights, int8 activations per block (or per tensor: dynamic)
     "int4": Tolerance(0.80, 0.15),  # onnxruntime's RTN over a float artifact
 }
-# The artifact's own integers went in unchanged: only the kernel's int8 activations (accuracy_level 4)
-# and summation order separate the two. The issue's target for int4: >= 98% top-1.
+# The artifact's own integers went in unchanged and the kernel computes in float (accuracy_level 0):
+# only summation order separates the two. The issue's target for int4: >= 98% top-1.
 EXACT_TOLERANCE = Tolerance(0.98, 0.02)
-# The artifact's integers plus an lm_head / embedding table the export rounded to int8 itself: on
-# SmolLM2-135M the int8 lm_head under accuracy_level 4 alone agrees 97% (its input has outlier
-# channels that the kernel's per-block int8 activations round coarsely).
-HEAD_TOLERANCE = Tolerance(0.90, 0.05)
+# The artifact's integers, but int8 activations inside MatMulNBits (accuracy_level > 0), or an lm_head /
+# embedding table the export rounded to int8 itself: on SmolLM2-135M (GPTQ int4, 128 tokens) the
+# float-compute export agrees 100%, the int8-activation one 94-98%; the residual stream's outlier
+# channels are what per-block int8 activations round coarsely.
+INT8_ACTIVATION_TOLERANCE = Tolerance(0.90, 0.05)
 
 
 @register_config("export-onnx")
@@ -140,9 +141,9 @@ class OnnxConfig(StageConfig):
         export rounded to int8), anything else (onnxruntime's quantizers): the precision's own."""
         base = TOLERANCES[self.precision]
         if self.precision in ("int8", "int4") and integers == "artifact":
-            base = EXACT_TOLERANCE
+            base = EXACT_TOLERANCE if self.accuracy_level == 0 else INT8_ACTIVATION_TOLERANCE
         elif self.precision in ("int8", "int4") and integers == "artifact+head":
-            base = HEAD_TOLERANCE
+            base = INT8_ACTIVATION_TOLERANCE
         return Tolerance(base.min_top1 if self.min_top1 is None else self.min_top1,
                          base.max_kl if self.max_kl is None else self.max_kl,
                          base.max_abs if self.max_abs is None else self.max_abs)
