@@ -180,3 +180,20 @@ def test_saved_config_reproduces_the_same_work(run_cli, tiny_llama_dir, tmp_path
     assert run_cli("quantize", tiny_llama_dir, "--config", recipe, "--out", b)[0] == 0
     assert read_manifest(a).content_id == read_manifest(b).content_id
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+def test_analyze_prints_a_sensitivity_row_per_layer(run_cli, tiny_llama_dir, tmp_path):
+    rc, out_text, err = run_cli("quantize", tiny_llama_dir, "--scheme", "int4-rtn", "--group-size", "32", "--analyze",
+                                *FAST, "--out", tmp_path / "q")
+    assert rc == 0, err
+    assert "sensitivity" in out_text
+    for i in (0, 1):
+        for sub in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+            assert re.search(rf"model\.layers\.{i}\.\S*{sub}", out_text), (i, sub)
+
+
+def test_compact_names_lists_every_layer():
+    from compress.quantize.layers import compact_names
+
+    names = [(f"model.layers.{i}.mlp.up_proj", 576) for i in (0, 1, 2, 5, 7, 8)] + [("lm_head", 576)]
+    assert compact_names(names) == "lm_head (576), model.layers.[0-2,5,7-8].mlp.up_proj (576)"

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-_out = Console()
+
+
+def _console() -> Console:
+    # Piped or captured output gets a wide table: layer names must not be wrapped or cut.
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def register(app: typer.Typer) -> None:
@@ -83,8 +88,9 @@ def _print_plan(plan, cfg) -> None:
         t.add_row(name, "x".join(map(str, tg.shape)), str(tg.grid.bits), str(tg.grid.group_size), tg.method)
     for name, reason in plan.skipped.items():
         t.add_row(name, "", "float", "", f"skipped: {reason}")
-    _out.print(t)
-    _out.print(f"tied embeddings: {'yes (lm_head shares model.embed_tokens)' if plan.tied else 'no'}")
+    out = _console()
+    out.print(t)
+    out.print(f"tied embeddings: {'yes (lm_head shares model.embed_tokens)' if plan.tied else 'no'}")
 
 
 def _print_report(path: Path, r: dict[str, Any]) -> None:
@@ -110,7 +116,8 @@ def _print_report(path: Path, r: dict[str, Any]) -> None:
         t.add_row("budget", f"{b['bits_per_weight']:.3f} of {b['target_bits']} bits/weight on decoder linears: "
                             + ", ".join(f"{n} at {k} bits" for k, n in b["layers"].items()))
     t.add_row("time / peak RSS", f"{r['seconds']:.1f} s / {r.get('peak_rss_mb', 0):.0f} MB")
-    _out.print(t)
+    out = _console()
+    out.print(t)
     if "analysis" in r:
         a = Table("layer", "params", "KL int4 alone", "KL int8 (est.)", "bits",
                   title="sensitivity: each layer alone at int4 (most sensitive first)")
@@ -118,4 +125,4 @@ def _print_report(path: Path, r: dict[str, Any]) -> None:
         for name, row in sorted(r["analysis"].items(), key=lambda kv: -kv[1]["kl_int4"]):
             a.add_row(name, f"{row['params']:,}", f"{row['kl_int4']:.2e}", f"{row['kl_int8']:.1e}",
                       str(choice.get(name, "")))
-        _out.print(a)
+        out.print(a)
