@@ -32,6 +32,7 @@ breaks first, so ``auto`` keeps it at int8 for the int4 precision.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 from compress.config import StageConfig, register_config, suggest
@@ -42,6 +43,7 @@ HEAD_PRECISIONS = ("auto", "float", "int8", "int4")
 EMBEDDING_PRECISIONS = ("auto", "float", "fp16", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+log = logging.getLogger(__name__)
 INT8_METHODS = ("nbits", "dynamic")
 
 
@@ -85,7 +87,7 @@ class OnnxConfig(StageConfig):
     block_size: weights per scale where the export itself quantizes (onnxruntime's RTN, and lm_head /
         embeddings when asked); a quantized artifact keeps its own groups.
     lm_head: auto | float | int8 | int4. ``auto``: the artifact's integers if it quantized the output
-        projection, int8 for the int4 precision, quantize_dynamic's int8 for int8, else float.
+        projection; for int8/int4, int8 (float32 at accuracy_level 0, where 8-bit is slow); else float.
     embeddings: auto | float | fp16 | int8 | int4. ``auto``: the artifact's integers if it quantized the
         table; for int4/int8, the same integers as a tied lm_head (stored once), else fp16; else the
         precision's float type.
@@ -118,6 +120,9 @@ class OnnxConfig(StageConfig):
         if self.accuracy_level not in ACCURACY_LEVELS:
             raise ConfigError(f"export-onnx.accuracy_level: {self.accuracy_level} is not one of "
                               f"{', '.join(map(str, ACCURACY_LEVELS))} (0 unset/float .. 4 int8 compute)")
+        if self.accuracy_level == 0 and (self.precision == "int8" or self.lm_head == "int8"):
+            log.warning("export-onnx: 8-bit MatMulNBits at accuracy_level 0 is onnxruntime's slow CPU path "
+                        "(tens of times slower than level 4)")
         if self.block_size not in BLOCK_SIZES:
             raise ConfigError(f"export-onnx.block_size: {self.block_size} is not one of "
                               f"{', '.join(map(str, BLOCK_SIZES))} (MatMulNBits needs a power of two >= 16)")

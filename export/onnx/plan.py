@@ -112,7 +112,10 @@ def _head_choice(src: WeightSource, dims: ModelDims, cfg: OnnxConfig) -> Choice:
     if want == "auto":
         if cfg.precision in ("fp32", "fp16"):
             return Choice("float")
-        want = f"int{qw.bits}" if qw is not None else "int8"
+        # 8-bit MatMulNBits with float activations (accuracy_level 0) is onnxruntime's slow path on CPU
+        # (a 49152x576 lm_head: ~500 ms per token); float32 is the faster exact choice there
+        default = "float" if cfg.accuracy_level == 0 else "int8"
+        want = f"int{qw.bits}" if qw is not None else default
     if want == "float":
         return Choice("float")
     bits = int(want[3:])
