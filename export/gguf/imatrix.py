@@ -42,7 +42,7 @@ def importance_matrix(src: ExportSource, spec: ArchSpec, *, tokens: int, threads
     counts: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
+        if not isinstance(module, torch.nn.Linear) or name == "lm_head":
             continue
         hit = spec.rule_for(f"{name}.weight")
         if hit is None:
@@ -57,11 +57,18 @@ def importance_matrix(src: ExportSource, spec: ArchSpec, *, tokens: int, threads
 
         hooks.append(module.register_forward_hook(hook))
     span = WINDOW - len(bos)
+    # the decoder alone: the vocabulary projection (262k rows for Gemma) is most of the compute, and
+    # its input is the decoder's normed output, summed here directly
+    decoder = model.get_decoder()
+    head = spec.rule_for("lm_head.weight")[0].gguf
     try:
         with torch.inference_mode():
             for start in range(0, len(ids), span):
                 window = bos + ids[start:start + span]
-                model(torch.tensor([window]), use_cache=False)
+                h = decoder(input_ids=torch.tensor([window]), use_cache=False).last_hidden_state
+                x = h.reshape(-1, h.shape[-1]).double()
+                sums[head] = sums.get(head, 0) + (x * x).sum(0)
+                counts[head] = counts.get(head, 0) + x.shape[0]
     finally:
         for h in hooks:
             h.remove()
