@@ -54,8 +54,9 @@ def describe(artifact: str) -> str:
         m = read_manifest(p, check_files=False)
         if m.stage == "quantize":
             c = m.config
-            return (f"quantize {c.get('scheme')} g{c.get('group_size')} "
-                    f"(samples {c.get('samples')}, seq {c.get('seq_len')})")
+            calib = (f" (samples {c.get('samples')}, seq {c.get('seq_len')})"
+                     if str(c.get("scheme", "")).endswith(("gptq", "awq")) else "")
+            return f"quantize {c.get('scheme')} g{c.get('group_size')}{calib}"
     return artifact
 
 
