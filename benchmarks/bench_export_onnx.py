@@ -208,7 +208,7 @@ def render(args, rows, speeds, ttfts, ref, load, n_prompt) -> str:
     if ref:
         s = speeds["llama.cpp Q4_0"]
         lines.append(f"| llama.cpp Q4_0 | bundled GGUF requantized | - | - | - | - | - | - | - | - | {ref:.1f} "
-                     f"({min(s):.1f}..{max(s):.1f}) | {1000 * statistics.median(ttfts['llama.cpp Q4_0']):.0f} | 1.00x |")
+                     f"({min(s):.1f}..{max(s):.1f}) | {1000 * statistics.median(ttfts['llama.cpp Q4_0']):.0f} | 1.00x; 1.00x |")
     return "\n".join(lines) + "\n"
 
 
