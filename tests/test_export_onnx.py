@@ -149,6 +149,7 @@ def test_quantized_tied_embeddings_are_stored_once_for_gather_and_lm_head(tmp_pa
     reshape = nodes["lm_head/shared_qweight"]
     assert reshape.input[0] == gather.input[0]  # MatMulNBits reads the gather table, not a copy
     assert nodes["lm_head"].input[1] == reshape.output[0]
+    assert nodes["lm_head"].input[2] == gather.input[2]  # and its scales
 
 
 def test_pruned_student_with_uneven_shapes_exports(tmp_path):

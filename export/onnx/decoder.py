@@ -65,12 +65,14 @@ class _Builder:
             y = self.g.one("Add", [y, self.g.init(f"{node}.bias", bias)], name=f"{node}/bias")
         return y
 
-    def nbits(self, x: str, qw: QWeight, block: int, node: str, bias=None, b_input: str | None = None) -> str:
-        data, scales, zeros = nbits_tensors(qw, block)
+    def nbits(self, x: str, qw: QWeight, block: int, node: str, bias=None, shared: tuple | None = None) -> str:
+        """MatMulNBits from ``qw``; ``shared`` = (B, scales, zero points) names already in the graph."""
         n, k = qw.shape
-        b = b_input or self.g.init(f"{node}.qweight", data)
-        ins = [x, b, self.g.init(f"{node}.scales", scales), self.g.init(f"{node}.zeros", zeros) if zeros is not None
-               else ""]
+        if shared is None:
+            data, scales, zeros = nbits_tensors(qw, block)
+            shared = (self.g.init(f"{node}.qweight", data), self.g.init(f"{node}.scales", scales),
+                      self.g.init(f"{node}.zeros", zeros) if zeros is not None else "")
+        ins = [x, *shared]
         if bias is not None:
             ins += ["", self.g.init(f"{node}.bias", bias)]
         return self.g.one("MatMulNBits", ins, domain=MS, name=node, K=k, N=n, bits=qw.bits, block_size=block,
@@ -165,12 +167,13 @@ class _Builder:
         hf = f"{HEAD}.weight" if self.src.has(f"{HEAD}.weight") else f"{EMBED}.weight"
         self.weight_map[HEAD] = {"node": "lm_head", "rows": [0, n]}
         if head.kind == "nbits":
-            b_input = None
+            shared = None
             if self.plan.shared:  # the table GatherBlockQuantized reads, viewed as MatMulNBits' B
-                table, scales, _ = self._shared_table
+                table, scales, zeros = self._shared_table
                 blob = head.block * head.qw.bits // 8
-                b_input = self.g.one("Reshape", [table, self.g.const([n, -1, blob])], name="lm_head/shared_qweight")
-            return self.nbits(x, head.qw, head.block, "lm_head", b_input=b_input)
+                b = self.g.one("Reshape", [table, self.g.const([n, -1, blob])], name="lm_head/shared_qweight")
+                shared = (b, scales, zeros or "")
+            return self.nbits(x, head.qw, head.block, "lm_head", shared=shared)
         w = self.src.float(hf)
         if self.dims.tied and self.plan.embeddings.kind.startswith("float"):
             # share the embedding table: Gemm with transB reads it as it is, no transposed copy in the file
