@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compress.errors import ArtifactError, MissingBackendError
+from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation
 
@@ -50,9 +50,10 @@ def make_session(path: str | Path, threads: int):
 class OnnxDecoder:
     """Prefill and decode steps over a decoder session with the ``export-onnx`` inputs and outputs."""
 
-    def __init__(self, session) -> None:
+    def __init__(self, session, max_length: int | None = None) -> None:
         ort = self._ort = _ort()
         self.session = session
+        self.max_length = max_length  # positions the graph's rotary tables cover
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
@@ -64,6 +65,9 @@ class OnnxDecoder:
 
     def run(self, ids: Sequence[int], past: dict[str, Any] | None, past_len: int, keep: int) -> tuple[np.ndarray, dict]:
         """One forward pass of ``ids`` after ``past_len`` cached positions: (logits [n, vocab], present)."""
+        if self.max_length is not None and past_len + len(ids) > self.max_length:
+            raise ConfigError(f"sequence of {past_len + len(ids)} tokens is longer than this ONNX export runs "
+                              f"({self.max_length}); export again with a larger --max-length")
         value = self._ort.OrtValue.ortvalue_from_numpy
         feed = {"input_ids": value(np.asarray([ids], dtype=np.int64)),
                 "attention_mask": value(np.ones((1, past_len + len(ids)), dtype=np.int64)),
@@ -125,7 +129,7 @@ class OnnxRuntime:
         self.path = folder / (model_file or self.manifest.report.get("model_file", "model.onnx"))
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: missing from the ONNX export")
-        self.decoder = OnnxDecoder(make_session(self.path, profile.threads))
+        self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"))
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))

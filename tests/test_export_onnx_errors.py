@@ -210,3 +210,16 @@ def test_dry_run_prints_the_plan_writes_nothing_and_saves_the_config(tmp_path, r
     rc, _, err = run_cli("export", art, "--format", "onnx", "--config", saved, "--out", out)
     assert rc == 0, err
     assert OnnxConfig.from_dict(read_manifest(out).config) == cfg
+
+
+def test_runtime_refuses_a_sequence_longer_than_the_export_covers(tmp_path):
+    from runtimes import DeviceProfile, get_runtime
+
+    out = tmp_path / "out"
+    export_onnx(peaked("llama"), OnnxConfig(max_length=80), out)
+    assert read_manifest(out).report["max_length"] == 80
+    rt = get_runtime("onnxruntime")
+    rt.load(out, DeviceProfile(threads=1))
+    assert len(rt.generate(list(range(5, 75)), 10).new_ids) == 10  # 80 positions exactly
+    with pytest.raises(ConfigError, match="81 tokens is longer than this ONNX export runs \\(80\\)"):
+        rt.generate(list(range(5, 75)), 12)

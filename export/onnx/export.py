@@ -99,7 +99,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             tol = cfg.tolerance(plan.integers)
             import onnxruntime
 
-            decoder = OnnxDecoder(make_session(target, threads=2))
+            decoder = OnnxDecoder(make_session(target, threads=2), length)
             figures = validate_onnx(decoder, lm.model, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
                                     where=f"{out_dir.name}/{MODEL_FILE}")
             del decoder
