@@ -49,10 +49,10 @@ def test_every_gguf_type_validates_in_llama_cpp(arch, qtype, tmp_path):
 
 @pytest.mark.parametrize("qtype,ggml", [("Q4_K_M", "Q4_K"), ("Q5_K_M", "Q5_K"), ("Q6_K", "Q6_K")])
 def test_kquants_come_from_llama_cpps_quantizer(qtype, ggml, tmp_path):
-    """k-quants need rows of 256: a tiny model 256 wide."""
+    """k-quants need rows of 256: a tiny model 256 wide (no importance matrix here: see below)."""
     src = memorized_tiny("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
                          num_key_value_heads=2)
-    path = export_gguf(src, GGUFConfig(qtype=qtype), tmp_path / "out")
+    path = export_gguf(src, GGUFConfig(qtype=qtype, imatrix_tokens=0), tmp_path / "out")
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
     assert types["blk.0.attn_q.weight"] == ggml
     assert not (tmp_path / "out" / ".intermediate.F32.gguf").exists()
@@ -62,7 +62,7 @@ def test_kquants_come_from_llama_cpps_quantizer(qtype, ggml, tmp_path):
 
 def test_gemma3_kquant(tmp_path):
     src = memorized_tiny("gemma3", hidden_size=256, intermediate_size=512, head_dim=64)
-    path = export_gguf(src, GGUFConfig(qtype="Q4_K_M"), tmp_path / "out")
+    path = export_gguf(src, GGUFConfig(qtype="Q4_K_M", imatrix_tokens=256), tmp_path / "out")
     assert "Q4_K" in {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
 
 
