@@ -9,13 +9,14 @@ Type choice, per tensor:
 
 - 1-D tensors (norms, biases) are F32, as in every llama.cpp file.
 - Quantized targets (Q8_0, Q4_0, Q4_1): a layer of a quantized artifact whose integers fit a ggml block
-  (int4/int8, symmetric, group 32) is written as is, in Q4_0/Q8_0 (``direct``); other layers are
-  dequantized and quantized to the target (``requantized``).
+  (int4/int8, symmetric, group 32) is written as is, in Q4_0/Q8_0 (``direct``), whichever of the three
+  was asked (an int8 layer of a mixed artifact stays Q8_0 in a Q4_0 file); other layers are dequantized
+  and quantized to the target (``requantized``). Float targets get the exact dequantized weights.
 - ``token_embd`` / ``output`` use ``embeddings`` (auto: Q8_0 for the 4-bit targets, since they are
   where 4-bit quality breaks first and llama.cpp itself keeps the output matrix at 6 bits; the target
   otherwise).
 - A row width that is not a whole number of 32-wide blocks (a pruned MLP of 100) is written F16
-  (``fallback``), as llama.cpp's quantizer does.
+  (``fallback``); llama.cpp's quantizer likewise falls back to a type whose blocks fit.
 - k-quant targets: everything F32 here; llama.cpp's quantizer takes it from there.
 
     >>> plan = build_plan(src, spec, dims, cfg)
