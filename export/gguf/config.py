@@ -84,7 +84,7 @@ class GGUFConfig(StageConfig):
     min_top1 / max_kl: override the per-type tolerance (None = :data:`TOLERANCES`).
     imatrix_tokens: k-quants only: calibration tokens (moby-dick-calib) for an importance matrix
         computed in PyTorch and given to llama.cpp's quantizer (0 = none; None = 4096 for k-quants).
-        On SmolLM2 Q4_K_M it took the perplexity change from +3.7% to +0.1% on the check tokens.
+        On SmolLM2 Q4_K_M it took the perplexity change on the check tokens from +3.7% to +0.7%.
     """
 
     qtype: str = "F16"
