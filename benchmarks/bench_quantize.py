@@ -38,12 +38,12 @@ LLAMACPP = ("Q8_0", "Q4_0", "Q4_K_M")
 @dataclasses.dataclass
 class Row:
     label: str
-    kind: str  # "ref" | "ours" | "llamacpp"
+    kind: str  # "ref" | "ours" | "artifact" | "llamacpp"
     args: tuple[str, ...] = ()  # CLI options for ours, the llama.cpp type for llamacpp
     grid: str = ""  # relation to the reference's own block grid
 
 
-def rows(model: str, group: int, samples: int, seq_len: int, extra: list[str]) -> list[Row]:
+def rows(model: str, group: int, samples: int, seq_len: int, extra: list[str], artifacts: list[str]) -> list[Row]:
     ref_grid = "Q4_1 (32)" if model.startswith("smollm2") else "Q4_K_M (32-wide sub-blocks)"
     calib = ("--samples", str(samples), "--seq-len", str(seq_len))
     out = [Row("reference fp32 (PyTorch)", "ref"), Row("reference GGUF in llama.cpp", "llamacpp", ("source",)),
@@ -57,9 +57,12 @@ def rows(model: str, group: int, samples: int, seq_len: int, extra: list[str]) -
     for spec in extra:  # "LABEL=--scheme int4-gptq --group-size 32 --embeddings int8 --lm-head int8"
         label, _, opts = spec.partition("=")
         args = tuple(shlex.split(opts))
-        if any(a.endswith(("gptq", "awq")) for a in args) or "--budget-bits" in args:
-            args += tuple(a for a in calib if a not in args) if "--samples" not in args else ()
+        if (any(a.endswith(("gptq", "awq")) for a in args) or "--budget-bits" in args) and "--samples" not in args:
+            args += calib
         out.append(Row(label, "ours", args, "see options"))
+    for spec in artifacts:  # "LABEL=PATH": an artifact made earlier (e.g. the 128 x 512 GPTQ run)
+        label, _, path = spec.partition("=")
+        out.append(Row(label, "artifact", (path,), "see options"))
     for q in LLAMACPP:
         out.append(Row(f"llama.cpp {q}", "llamacpp", (q,), "aligned (32-blocks)" if q != "Q4_K_M" else
                        "k-quant (256 super-blocks)"))
@@ -163,7 +166,13 @@ def measure(model: str, row: Row, args, windows, ref, tokenizer, work: Path) -> 
             n = sum(p.numel() for p in lm.model.parameters())
             res.update(size_mb=4 * n / 1e6, bpw=32.0)
         else:
-            out, shown, rep = quantize_ours(model, row, work)
+            if row.kind == "artifact":
+                from compress.manifest import read_manifest
+
+                out, m = Path(row.args[0]).expanduser(), read_manifest(Path(row.args[0]).expanduser())
+                rep, shown = m.report, f"compress quantize {model} " + _options(m.config)
+            else:
+                out, shown, rep = quantize_ours(model, row, work)
             lm = load_model(out)
             res.update(command=shown, size_mb=rep["bytes_after_fp16_rest"] / 1e6,
                        bpw=8 * rep["bytes_after_fp16_rest"] / rep["params"], quant_s=rep["seconds"],
@@ -175,6 +184,23 @@ def measure(model: str, row: Row, args, windows, ref, tokenizer, work: Path) -> 
         accs = [mc_accuracy(rt, tokenizer, load_mc_task(t), limit=args.mc_limit)["accuracy"] for t in TASKS]
         res["mc"] = float(np.mean(accs))
     return res
+
+
+def _options(config: dict) -> str:
+    """The CLI options that differ from the defaults, for a config read from a manifest."""
+    from compress.quantize import QuantConfig
+
+    default = QuantConfig().to_dict()
+    opts = [f"--scheme {config['scheme']}"]
+    for k, v in config.items():
+        if k in ("type", "version", "scheme") or default.get(k) == v:
+            continue
+        if k == "symmetric":
+            opts.append("--asymmetric")
+            continue
+        flag = "--" + k.replace("_", "-")
+        opts.append(flag if v is True else f"--no-{k.replace('_', '-')}" if v is False else f"{flag} {v}")
+    return " ".join(opts) + " --out OUT"
 
 
 def table(results: dict, ref_ppl: float) -> str:
@@ -198,6 +224,7 @@ def main() -> None:
     ap.add_argument("--mc-limit", type=int, default=0, help="examples per BIG-bench task (0 = no MC)")
     ap.add_argument("--only", action="append", help="run only rows whose label contains this (repeatable)")
     ap.add_argument("--extra", action="append", default=[], help="'LABEL=CLI options' for an extra row")
+    ap.add_argument("--artifact", action="append", default=[], help="'LABEL=PATH' of an existing artifact to score")
     ap.add_argument("--work", type=Path, help="artifacts, reference logits, results.json")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of all results so far")
     ap.add_argument("--threads", type=int, default=2)
@@ -222,7 +249,7 @@ def main() -> None:
     windows = text_windows(ids, window=512, stride=512 - (bos is not None), bos_id=bos, source="moby-dick")
     ref = CachedReference(TorchRuntime().use(ref_lm), windows, work / f"ref-logits-{args.tokens}")
     del ref_lm
-    todo = [r for r in rows(args.model, args.group, args.samples, args.seq_len, args.extra)
+    todo = [r for r in rows(args.model, args.group, args.samples, args.seq_len, args.extra, args.artifact)
             if not args.only or any(o in r.label for o in args.only)]
     for row in todo:
         t0 = time.perf_counter()

@@ -4,7 +4,6 @@ report says what happened, mixed precision keeps its budget, streaming matches a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
