@@ -102,7 +102,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = N
     model.compress_quantization = result.quantization_json()
     q_bytes = sum(qt.nbytes() for qt in tensors.values())
     q_params = sum(qt.q.numel() for qt in tensors.values())
-    rest = bytes_before - 4 * q_params
+    rest_params = n_params - q_params  # stored as float32 in the artifact (FORMAT.md)
+    rest = 4 * rest_params
     report.update({
         "quantized": len(tensors), "skipped": dict(plan.skipped),
         "precision": {f"int{b}": sum(1 for q in tensors.values() if q.grid.bits == b) for b in (4, 8)},
@@ -113,7 +114,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = N
         "bits_per_weight_after": 8 * (q_bytes + rest) / n_params,
         "quantized_bits_per_weight": 8 * q_bytes / max(q_params, 1),
         # what an export keeping the float tensors in fp16 would weigh: the size to compare with GGUF
-        "bytes_after_fp16_rest": q_bytes + rest // 2,
+        "bytes_after_fp16_rest": q_bytes + 2 * rest_params,
         "seconds": round(time.perf_counter() - t0, 2),
     })
     log.info("quantized %d tensors, skipped %d: %.1f MB -> %.1f MB", len(tensors), len(plan.skipped),
