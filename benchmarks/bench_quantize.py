@@ -144,7 +144,7 @@ def quantize_ours(model: str, row: Row, work: Path) -> tuple[Path, str, dict]:
     return out, shown, report
 
 
-def measure(model: str, row: Row, args, windows, ref, tokenizer, work: Path) -> dict:
+def measure(model: str, row: Row, args, windows, ref, tokenizer, work: Path, prev: dict | None = None) -> dict:
     from compress.bundled import bundled_gguf
     from compress.evaluate import mc_accuracy, score_windows
     from compress.data import load_mc_task, TASKS
@@ -178,11 +178,14 @@ def measure(model: str, row: Row, args, windows, ref, tokenizer, work: Path) -> 
                        bpw=8 * rep["bytes_after_fp16_rest"] / rep["params"], quant_s=rep["seconds"],
                        peak_rss_mb=rep.get("peak_rss_mb"), skipped=len(rep["skipped"]))
         rt = TorchRuntime().use(lm)
-    s = score_windows(rt, windows, reference=ref)
-    res.update(tokens=s["tokens"], perplexity=s["perplexity"], kl=s["kl"], top1=s["top1_agreement"])
+    if prev is not None and args.mc_only:
+        res = dict(prev)  # text scores already measured: add multiple choice only
+    else:
+        s = score_windows(rt, windows, reference=ref)
+        res.update(tokens=s["tokens"], perplexity=s["perplexity"], kl=s["kl"], top1=s["top1_agreement"])
     if args.mc_limit:
-        accs = [mc_accuracy(rt, tokenizer, load_mc_task(t), limit=args.mc_limit)["accuracy"] for t in TASKS]
-        res["mc"] = float(np.mean(accs))
+        mc = {t: mc_accuracy(rt, tokenizer, load_mc_task(t), limit=args.mc_limit)["accuracy"] for t in TASKS}
+        res.update(mc=float(np.mean(list(mc.values()))), mc_tasks=mc, mc_limit=args.mc_limit)
     return res
 
 
@@ -222,6 +225,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=8192, help="held-out tokens scored")
     ap.add_argument("--mc-limit", type=int, default=0, help="examples per BIG-bench task (0 = no MC)")
+    ap.add_argument("--mc-only", action="store_true", help="for rows already scored, add MC accuracy only")
     ap.add_argument("--only", action="append", help="run only rows whose label contains this (repeatable)")
     ap.add_argument("--extra", action="append", default=[], help="'LABEL=CLI options' for an extra row")
     ap.add_argument("--artifact", action="append", default=[], help="'LABEL=PATH' of an existing artifact to score")
@@ -253,7 +257,7 @@ def main() -> None:
             if not args.only or any(o in r.label for o in args.only)]
     for row in todo:
         t0 = time.perf_counter()
-        results[row.label] = measure(args.model, row, args, windows, ref, tok, work)
+        results[row.label] = measure(args.model, row, args, windows, ref, tok, work, results.get(row.label))
         results[row.label]["bench_s"] = round(time.perf_counter() - t0, 1)
         results_file.write_text(json.dumps(results, indent=1))
         r = results[row.label]
