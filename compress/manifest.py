@@ -58,9 +58,13 @@ class Manifest:
 
 
 def content_id(stage: str, config: StageConfig | dict[str, Any], input_id: str | None) -> str:
-    """Hash of stage + config + input id: equal ids mean the same work on the same input."""
+    """Hash of stage + config + input id + compress version: equal ids mean the same work on the same
+    input by the same code release (an artifact made by an older release is not silently reused)."""
+    from . import __version__
+
     cfg = config.to_dict() if isinstance(config, StageConfig) else config
-    blob = json.dumps({"stage": stage, "config": cfg, "input": input_id}, sort_keys=True, default=str)
+    blob = json.dumps({"stage": stage, "config": cfg, "input": input_id, "code": __version__}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -174,3 +174,12 @@ def test_content_id_changes_with_config_and_input_id():
     assert base != content_id("eval", EvalConfig(), "dir:2")
     assert base != content_id("eval", EvalConfig(), None)
     assert base != content_id("fetch", EvalConfig(), "dir:1")
+
+
+def test_content_id_changes_with_the_code_release(monkeypatch):
+    """An artifact made by another release of compress is not reused as if it were this one's work."""
+    import compress
+
+    base = content_id("eval", EvalConfig(), "dir:1")
+    monkeypatch.setattr(compress, "__version__", "999.0")
+    assert content_id("eval", EvalConfig(), "dir:1") != base
