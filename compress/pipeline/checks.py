@@ -1,0 +1,143 @@
+"""``compress run --dry-run``: everything a recipe can get wrong, found before any heavy work.
+
+Shapes come from config.json through a model built on PyTorch's ``meta`` device (no weights, no
+memory), so the quantizer's own plan (:func:`compress.quantize.layers.make_plan`) lists every layer a
+group size does not divide, exactly as the real run would, in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ArtifactError, ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from .recipe import Recipe, Step
+    from .runner import Context
+
+
+def model_folder(spec: str) -> Path | None:
+    """The folder holding the model's config.json (bundled: the cache, once fetched); typed errors for
+    models that must not load (pickle checkpoints, their own code)."""
+    from ..checkpoints import check_gguf, inspect_hf_folder
+    from ..models import resolve_model
+
+    src = resolve_model(spec)
+    if src.kind == "bundled":
+        from ..fetch import cached_folder
+
+        folder = cached_folder(src.spec)
+        return folder if (folder / "config.json").is_file() else None
+    if src.kind == "hf_dir":
+        manifest = src.path / "manifest.json"
+        if not manifest.is_file():
+            inspect_hf_folder(src.path)  # refuses pickle-only checkpoints and trust_remote_code models
+        return src.path
+    if src.kind == "gguf":
+        check_gguf(src.path)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def meta_model(folder: str):
+    """The architecture of ``folder`` with every tensor on the meta device (shapes only)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{folder}/config.json: cannot be read ({str(e).splitlines()[0]})") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def check_quantize(step: "Step", ctx: "Context") -> str:
+    from ..data import load_text
+    from ..quantize.layers import make_plan
+    from ..quantize.run import refuse_quantized_input
+
+    src = ctx.path_of(step.inputs[0])
+    cfg = step.config
+    load_text(cfg.calib)  # missing or empty calibration text fails here
+    if step.inputs[0] != "model":
+        return f"{cfg.scheme}: layer widths checked when {step.inputs[0]} exists"
+    refuse_quantized_input(str(src))
+    folder = model_folder(str(src))
+    if folder is None:
+        return f"{cfg.scheme}: layer widths checked after the model is fetched"
+    plan = make_plan(meta_model(str(folder)), cfg)  # IncompatibleLayerError lists every misfit
+    group = cfg.effective_group_size or "per channel"
+    note = f"{cfg.scheme}, group {group}: {len(plan.targets)} tensors"
+    if cfg.needs_calibration:
+        from ..models import load_tokenizer
+        from ..quantize.calibrate import calibration_ids
+
+        ids = calibration_ids(load_tokenizer(str(src)), load_text(cfg.calib), samples=cfg.samples,
+                              seq_len=cfg.seq_len, seed=cfg.seed)
+        note += f", calibration {ids.shape[0]} x {ids.shape[1]} tokens of {cfg.calib}"
+    return note
+
+
+def check_export(step: "Step", ctx: "Context") -> str:
+    """The architecture is one the format supports (config.json of the input, or of the model)."""
+    key = step.inputs[0]
+    upstream = ctx.recipe.step(key) if key != "model" else None
+    if upstream is not None and upstream.kind != "quantize":
+        return "architecture checked when its input exists"
+    folder = model_folder(ctx.recipe.model)
+    if folder is None:
+        return "architecture checked after the model is fetched"
+    config = json.loads((folder / "config.json").read_text())
+    if step.kind == "export-gguf":
+        from export.gguf.arch import spec_for
+
+        return f"{step.config.qtype}, architecture {spec_for(config).gguf_arch}"
+    from export.onnx.arch import spec_for as onnx_spec
+
+    onnx_spec(meta_model(str(folder)).config)
+    return f"{step.config.precision}, architecture {config.get('model_type')}"
+
+
+def check_outputs(recipe: "Recipe") -> None:
+    """work_dir is writable, and every existing output folder is one this recipe may replace."""
+    work = recipe.work_dir
+    probe = work
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ArtifactError(f"{work}: work_dir cannot be created or written ({probe} is not writable)")
+    if work.exists() and not work.is_dir():
+        raise ArtifactError(f"{work}: work_dir exists and is not a directory")
+    for step in recipe.steps:
+        out = step.out.resolve()
+        if work.resolve() not in out.parents:
+            raise ConfigError(f"{step.label}: output {out} is outside work_dir {work}")
+        check_replaceable(step)
+
+
+def check_replaceable(step: "Step") -> None:
+    """An existing output folder must be this stage's own artifact (stale or current); a folder of
+    anything else is never overwritten."""
+    from ..manifest import read_manifest
+    from .stages import STAGES
+
+    out = step.out
+    if step.kind == "report" or not out.exists():
+        return
+    if not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a directory; remove it or choose another work_dir")
+    if not any(out.iterdir()):
+        return
+    try:
+        stage = read_manifest(out, check_files=False).stage
+    except ArtifactError:
+        stage = None
+    if stage != STAGES[step.kind].stage:
+        what = f"a {stage!r} artifact" if stage else "not an artifact"
+        raise ArtifactError(f"{out}: output folder exists and is {what}, not this recipe's "
+                            f"{STAGES[step.kind].stage!r} output; remove it or choose another work_dir")

@@ -1,0 +1,182 @@
+"""Plan and run a recipe: each stage is skipped when its folder already holds the artifact with the
+content id its config and its input's content id give, so a finished recipe re-runs in seconds and a
+change in one stage redoes that stage and what reads from it.
+
+    result = run_recipe(load_recipe("recipes/default.yaml"), echo=print)
+    result.ran, result.cached          # step keys
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ArtifactError
+from ..manifest import is_complete, read_manifest
+from .checks import check_outputs, model_folder
+from .recipe import Recipe, Step
+from .stages import STAGES, report_done
+
+log = logging.getLogger(__name__)
+
+
+def root_id(spec: str) -> str | None:
+    """The content id stages record for the recipe's model (None: not known until it is fetched)."""
+    from ..manifest import file_digest
+    from ..models import resolve_model
+
+    src = resolve_model(spec)
+    if src.kind == "gguf":
+        return "gguf:" + file_digest(src.path)[:16]
+    if src.kind == "hub":
+        return "hub:" + src.spec
+    folder = model_folder(spec)
+    if folder is None:
+        return None
+    if (folder / "manifest.json").is_file():
+        return read_manifest(folder).content_id
+    from ..checkpoints import inspect_hf_folder
+    from ..models import _folder_id  # the id load_model gives a plain folder: must be the same one
+
+    return _folder_id(folder, inspect_hf_folder(folder).weights)
+
+
+class Context:
+    """What stages see: input paths and content ids, and whether an output may be replaced."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.ids: dict[str, str | None] = {"model": root_id(recipe.model)}
+
+    def path_of(self, key: str):
+        return self.recipe.model if key == "model" else self.recipe.step(key).out
+
+    def id_of(self, key: str) -> str | None:
+        return self.ids.get(key)
+
+    def force(self, step: Step) -> bool:
+        """Replace the output only when it is this stage's own stale artifact (checked by check_outputs)."""
+        return step.out.exists() and step.kind != "report" and any(step.out.iterdir())
+
+
+@dataclasses.dataclass
+class Status:
+    step: Step
+    expected: str | None
+    done: bool
+
+
+def plan(recipe: Recipe, ctx: Context) -> list[Status]:
+    """Which steps are done, front to back; a step whose input is not done cannot be done either."""
+    out = []
+    for step in recipe.steps:
+        expected = STAGES[step.kind].expected_id(step, ctx)
+        done = expected is not None and _done(step, expected, ctx)
+        ctx.ids[step.key] = expected if done else None
+        out.append(Status(step, expected, done))
+    return out
+
+
+def _done(step: Step, expected: str, ctx: Context) -> bool:
+    if step.kind == "report":
+        return report_done(step, ctx)
+    return is_complete(step.out, expected)
+
+
+@dataclasses.dataclass
+class RunResult:
+    ran: list[str] = dataclasses.field(default_factory=list)
+    cached: list[str] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    failed_check: str | None = None
+    report: Path | None = None
+
+
+def dry_run(recipe: Recipe, echo: Callable[[str], None]) -> list[Status]:
+    """Validate every section without loading weights and print the plan."""
+    check_outputs(recipe)
+    ctx = Context(recipe)
+    if ctx.id_of("model") is None:
+        echo(f"model {recipe.model}: not fetched yet (the run fetches it first)")
+    statuses = plan(recipe, ctx)
+    for st in statuses:
+        note = STAGES[st.step.kind].dry_check(st.step, ctx)
+        state = "done (cached)" if st.done else "would run"
+        echo(f"  {st.step.label:<28} {state:<14} {_where(st.step, ctx)}" + (f"  [{note}]" if note else ""))
+    todo = sum(not s.done for s in statuses)
+    echo(f"recipe ok: {len(statuses)} stages, {todo} to run, {len(statuses) - todo} done")
+    return statuses
+
+
+def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
+    """Run every stage that is not done; prints one line per stage ("ran in N s" / "done (cached)")."""
+    check_outputs(recipe)
+    ctx = Context(recipe)
+    if ctx.id_of("model") is None:
+        from ..bundled import BUNDLED
+
+        if recipe.model in BUNDLED:
+            from ..fetch import ensure_fetched
+
+            ensure_fetched(recipe.model)
+            ctx.ids["model"] = root_id(recipe.model)
+    result = RunResult()
+    for step in recipe.steps:
+        kind = STAGES[step.kind]
+        expected = kind.expected_id(step, ctx)
+        if expected is not None and _done(step, expected, ctx):
+            ctx.ids[step.key] = expected
+            result.cached.append(step.key)
+            echo(f"  {step.label:<28} done (cached)   {_where(step, ctx)}")
+        else:
+            t0 = time.perf_counter()
+            echo(f"  {step.label:<28} running ...")
+            produced = kind.run(step, ctx)
+            result.seconds[step.key] = time.perf_counter() - t0
+            result.ran.append(step.key)
+            ctx.ids[step.key] = _actual_id(step, kind.expected_id(step, ctx))
+            if step.kind == "report":
+                result.report = produced
+            echo(f"  {step.label:<28} ran in {result.seconds[step.key]:.1f} s   {_where(step, ctx)}")
+        if step.kind == "report" and result.report is None:
+            result.report = ctx.path_of(step.inputs[0]) / "report" / "report.md"
+        if step.kind == "check" and not read_manifest(step.out).report.get("passed"):
+            result.failed_check = step.key
+            echo((step.out / "check.txt").read_text().rstrip())
+    if not result.ran:
+        echo(f"nothing to do: all {len(result.cached)} stages were already done (cached) in {_rel(recipe.work_dir)}")
+    else:
+        total = sum(result.seconds.values())
+        echo(f"ran {len(result.ran)} of {len(recipe.steps)} stages in {total:.1f} s ({len(result.cached)} cached)")
+    return result
+
+
+def _actual_id(step: Step, expected: str | None) -> str | None:
+    """The id the stage really wrote. A different one than predicted means the next run cannot skip it:
+    say so instead of silently redoing work every time."""
+    if step.kind == "report":
+        return expected
+    try:
+        actual = read_manifest(step.out).content_id
+    except ArtifactError:
+        return None
+    if expected is not None and actual != expected:
+        log.warning("%s: content id %s differs from the predicted %s; a re-run will redo this stage",
+                    step.label, actual, expected)
+    return actual
+
+
+def _where(step: Step, ctx: Context) -> str:
+    if step.kind == "report":  # reports live inside their bench runs
+        return ", ".join(_rel(ctx.path_of(k) / "report") for k in step.inputs)
+    return _rel(step.out)
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
