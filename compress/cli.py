@@ -189,6 +189,8 @@ __import__("compress.quantize.cli", fromlist=["register"]).register(app)  # issu
 __import__("export.cli", fromlist=["register"]).register(app)  # issue #4: compress export (export/cli.py)
 __import__("compress.prune.cli", fromlist=["register"]).register(app)  # issue #6: compress prune
 __import__("compress.distill.cli", fromlist=["register"]).register(app)  # issue #6: compress distill
+__import__("compress.chat.cli", fromlist=["register"]).register(app)  # issue #7: compress chat
+__import__("compress.pipeline.cli", fromlist=["register"]).register(app)  # issue #7: compress run
 
 
 def main(argv: list[str] | None = None) -> int:
