@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ArtifactError, ConfigError, ModelLoadError
+from ..errors import ArtifactError, ConfigError, IncompatibleLayerError, ModelLoadError
 
 if TYPE_CHECKING:
     from .recipe import Recipe, Step
@@ -70,7 +70,10 @@ def check_quantize(step: "Step", ctx: "Context") -> str:
     folder = model_folder(str(src))
     if folder is None:
         return f"{cfg.scheme}: layer widths checked after the model is fetched"
-    plan = make_plan(meta_model(str(folder)), cfg)  # IncompatibleLayerError lists every misfit
+    try:
+        plan = make_plan(meta_model(str(folder)), cfg)  # lists every layer the group size does not fit
+    except IncompatibleLayerError as e:
+        raise IncompatibleLayerError(f"{step.label}: {e}") from None
     group = cfg.effective_group_size or "per channel"
     note = f"{cfg.scheme}, group {group}: {len(plan.targets)} tensors"
     if cfg.needs_calibration:

@@ -1,0 +1,132 @@
+"""compress run: recipes parse into the stages' own configs, a finished recipe does no work, a changed
+stage redoes only itself and what reads from it, and --dry-run validates without writing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_export_onnx_helpers import peaked
+
+from compress.errors import ConfigError, IncompatibleLayerError
+from compress.manifest import read_manifest
+from compress.pipeline import load_recipe
+from compress.quantize import QuantConfig
+
+
+def write_recipe(path: Path, model: Path | str, work: Path, **sections) -> Path:
+    data = {"model": str(model), "work_dir": str(work), **sections}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def small(tmp_path: Path, **changes) -> Path:
+    """quantize int8 -> GGUF Q8_0 (the integers reused) and an fp32 ONNX of the model."""
+    sections = {
+        "quantize": [{"name": "q8", "scheme": "int8", "group_size": 32, "eval_tokens": 0}],
+        "export": [{"name": "gguf", "format": "gguf", "from": "q8", "qtype": "Q8_0", "check_tokens": 32},
+                   {"name": "onnx", "format": "onnx", "from": "model", "precision": "fp32", "check_tokens": 32}],
+    }
+    sections.update(changes)
+    return write_recipe(tmp_path / "r.yaml", peaked("llama"), tmp_path / "work", **sections)
+
+
+def created(work: Path) -> dict[str, str]:
+    return {d.name: read_manifest(d).created + read_manifest(d).content_id for d in sorted(work.iterdir())
+            if (d / "manifest.json").is_file()}
+
+
+def test_recipe_sections_become_the_stage_configs(tmp_path):
+    r = load_recipe(small(tmp_path))
+    q = r.step("quantize-q8")
+    assert q.config == QuantConfig(scheme="int8", group_size=32, eval_tokens=0)
+    assert [s.key for s in r.steps] == ["quantize-q8", "export-gguf", "export-onnx"]
+    assert r.step("export-gguf").inputs == ("quantize-q8",) and r.step("export-onnx").inputs == ("model",)
+    assert all(s.out.parent == r.work_dir for s in r.steps)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"quantise": []}, "unknown key 'quantise' (did you mean 'quantize'?)"),
+    ({"quantize": [{"name": "q", "schme": "int8"}]}, "unknown key 'schme' (did you mean 'scheme'?)"),
+    ({"quantize": [{"name": "q", "scheme": "int3"}]}, "'int3' is not one of"),
+    ({"quantize": [{"scheme": "int8"}]}, "'name' is required"),
+    ({"quantize": [{"name": "../escape", "scheme": "int8"}]}, "must be a plain folder name"),
+    ({"quantize": [{"name": "/abs", "scheme": "int8"}]}, "must be a plain folder name"),
+    ({"export": [{"name": "x", "format": "tflite"}]}, "'tflite' is not an export format"),
+    ({"export": [{"name": "x", "format": "gguf", "from": "int7"}]}, "'int7' is not a quantize variant"),
+    ({"export": [{"name": "x", "format": "gguf", "qtype": "Q3_K"}]}, "'Q3_K' is not a GGUF type"),
+    ({"export": [{"name": "x", "format": "gguf"}, {"name": "x", "format": "onnx"}]}, "names must be unique"),
+    ({"distill": {"steps": 10}}, "needs a prune section before it"),
+    ({"check": {"baseline": "b.json"}}, "needs a bench section"),
+])
+def test_bad_recipes_are_refused_before_any_work(tmp_path, change, message):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(small(tmp_path, **change))
+    assert message in str(e.value)
+
+
+def test_dry_run_checks_group_sizes_without_writing(tmp_path, run_cli):
+    recipe = small(tmp_path, quantize=[{"name": "q4", "scheme": "int4-rtn", "group_size": 64, "eval_tokens": 0}],
+                   export=[])
+    rc, out, err = run_cli("run", recipe, "--dry-run")
+    assert rc == 2
+    assert "quantize q4: group size 64 does not divide" in err and "model.layers.[0-1].self_attn.q_proj (96)" in err
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(IncompatibleLayerError):
+        from compress.pipeline import dry_run
+
+        dry_run(load_recipe(recipe), lambda s: None)
+
+
+def test_dry_run_lists_every_stage_and_writes_nothing(tmp_path, run_cli):
+    rc, out, err = run_cli("run", small(tmp_path), "--dry-run")
+    assert rc == 0, err
+    for key in ("quantize-q8", "export-gguf", "export-onnx"):
+        assert key in out
+    assert "recipe ok: 3 stages, 3 to run, 0 done" in out
+    assert not (tmp_path / "work").exists()
+
+
+def test_second_run_does_nothing_and_a_changed_stage_redoes_only_itself(tmp_path, run_cli):
+    recipe = small(tmp_path)
+    work = tmp_path / "work"
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0, err
+    assert out.count("ran in") == 3
+    assert "try: compress chat" in out and "export-gguf" in out.split("try:")[1]
+    first = created(work)
+    assert set(first) == {"quantize-q8", "export-gguf", "export-onnx"}
+
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0, err
+    assert "nothing to do: all 3 stages were already done (cached)" in out
+    assert "ran in" not in out and created(work) == first
+
+    rc, out, err = run_cli("run", recipe, "--dry-run")
+    assert "recipe ok: 3 stages, 0 to run, 3 done" in out
+
+    # the quantize stage changes: it and the GGUF reading it run again, the ONNX of the model does not
+    data = yaml.safe_load(recipe.read_text())
+    data["quantize"][0]["symmetric"] = False
+    recipe.write_text(yaml.safe_dump(data))
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0, err
+    again = created(work)
+    assert again["export-onnx"] == first["export-onnx"]
+    assert again["quantize-q8"] != first["quantize-q8"] and again["export-gguf"] != first["export-gguf"]
+    assert json.loads((work / "quantize-q8" / "quantization.json").read_text())  # a readable artifact
+    assert read_manifest(work / "quantize-q8").config["symmetric"] is False
+
+
+def test_an_output_folder_that_is_not_this_stages_artifact_is_never_replaced(tmp_path, run_cli):
+    recipe = small(tmp_path)
+    mine = tmp_path / "work" / "export-onnx"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own files")
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 2
+    assert "export-onnx: output folder exists and is not an artifact" in err
+    assert (mine / "notes.txt").read_text() == "my own files"
+    assert not (tmp_path / "work" / "quantize-q8").exists()  # refused before any stage ran
