@@ -56,8 +56,8 @@ class DistillConfig(StageConfig):
             raise ConfigError(f"distill.lr: {self.lr} must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"distill.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup < 0 or self.warmup >= self.steps:
-            raise ConfigError(f"distill.warmup: {self.warmup} must be in [0, steps={self.steps})")
+        if self.warmup < 0:
+            raise ConfigError(f"distill.warmup: {self.warmup} must be >= 0")
         if not self.temperature > 0:
             raise ConfigError(f"distill.temperature: {self.temperature} must be > 0")
         for name in ("ce_weight", "hidden_weight", "weight_decay", "eval_tokens"):
