@@ -187,6 +187,7 @@ def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
 
 __import__("compress.quantize.cli", fromlist=["register"]).register(app)  # issue #3: compress quantize
 __import__("export.cli", fromlist=["register"]).register(app)  # issue #4: compress export (export/cli.py)
+__import__("compress.harness.cli", fromlist=["register"]).register(app)  # issue #5: bench, report, check, profiles
 __import__("compress.prune.cli", fromlist=["register"]).register(app)  # issue #6: compress prune
 __import__("compress.distill.cli", fromlist=["register"]).register(app)  # issue #6: compress distill
 __import__("compress.chat.cli", fromlist=["register"]).register(app)  # issue #7: compress chat

@@ -1,0 +1,226 @@
+"""``bench``: accuracy, latency, memory and roofline of artifacts × runtimes, written as a run directory.
+
+    run = bench(BenchConfig(profile="phone"), ["runs/smol-q4_0", "runs/smol-onnx-int4"], "runs/bench-phone")
+    rows = read_rows(run)        # one dict per artifact × runtime (RUN_DIR/rows.jsonl)
+
+Two phases. Accuracy: this process loads the reference and every artifact × runtime and scores them
+on the same token windows (reference logits once per window). Latency and peak RSS: each artifact ×
+runtime in its own subprocess (:mod:`.worker`), so the memory figure is that runtime's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from compress import errors
+from compress.errors import CompressError, ConfigError
+from compress.manifest import ArtifactWriter, check_writable_target
+from compress.progress import steps
+
+from .config import BenchConfig
+from .profiles import effective_threads, load_profile, verdicts
+from .targets import Target, resolve_reference, resolve_target, select_runtimes
+
+log = logging.getLogger(__name__)
+
+STAGE = "bench"
+ROWS = "rows.jsonl"
+
+
+def bench(cfg: BenchConfig, artifacts: list[str | Path], out_dir: str | Path, *, force: bool = False) -> Path:
+    """Measure ``artifacts`` (paths, ``.gguf`` files, bundled names, ``LABEL=PATH``) under ``cfg`` and write
+    the run directory ``out_dir`` (rows.jsonl + manifest); returns it."""
+    out_dir = Path(out_dir).absolute()
+    check_writable_target(out_dir, force=force)
+    requested = load_profile(cfg.profile)
+    profile, thread_note = effective_threads(requested)
+    targets = [resolve_target(a) for a in artifacts]
+    if not targets:
+        raise ConfigError("bench: give at least one artifact")
+    reference = resolve_reference(targets, cfg.reference)
+    if cfg.include_reference:
+        ref_target = resolve_target(f"{_ref_label(reference)}={reference}" if Path(reference).exists() else reference,
+                                    plain_folder=True)
+        if ref_target.artifact_id not in {t.artifact_id for t in targets}:
+            targets.insert(0, ref_target)
+    labels = [t.label for t in targets]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"bench: two artifacts share a label ({', '.join(sorted({x for x in labels if labels.count(x) > 1}))}); "
+                          "name them with LABEL=PATH")
+    pairs = [(t, r) for t in targets for r in select_runtimes(t, cfg.runtimes)]
+    skipped = [f"{t.label} ({', '.join(t.loaders)})" for t in targets if not select_runtimes(t, cfg.runtimes)]
+    if not pairs:
+        raise ConfigError(f"bench: none of the artifacts can run on {', '.join(cfg.runtimes)}: " + "; ".join(skipped))
+    for s in skipped:
+        log.warning("skipped %s: not loadable by the chosen runtimes", s)
+    input_id = hashlib.sha256(json.dumps(sorted(t.artifact_id for t in targets)).encode()).hexdigest()[:16]
+
+    from compress.evaluate import EvalConfig, prepare_eval
+    from compress.models import load_tokenizer
+
+    tokenizer = load_tokenizer(reference)
+    ecfg = EvalConfig(data=cfg.data, window=cfg.window, stride=cfg.window, max_tokens=cfg.max_tokens,
+                      tasks=cfg.tasks, mc_limit=cfg.mc_limit, threads=profile.threads)
+    plan = prepare_eval(tokenizer, ecfg)  # bad data or task names fail before any weights load
+    rows = {(t.label, r): _base_row(t, r, requested, profile, thread_note) for t, r in pairs}
+    meta: dict[str, Any] = {"reference": reference, "profile": requested.__dict__, "threads_used": profile.threads,
+                            "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(), "skipped": skipped}
+    with steps("bench", 3) as step:
+        if cfg.accuracy:
+            step(f"accuracy: {len(pairs)} runs against {reference} on {plan.data}")
+            meta.update(_accuracy(cfg, reference, pairs, plan, tokenizer, profile, rows))
+        if cfg.latency:
+            step(f"latency: {len(pairs)} subprocesses")
+            prompt = _prompt_ids(tokenizer, cfg)
+            bw = None
+            if cfg.roofline:
+                from .roofline import bandwidth_gb_s
+
+                bw = bandwidth_gb_s(profile.threads)
+                meta["bandwidth_gb_s"] = bw
+            for t, r in pairs:
+                rows[(t.label, r)].update(_latency(cfg, t, r, profile, prompt, bw))
+        step("writing the run")
+        for (label, r), row in rows.items():
+            row.update(verdicts(requested, row["file_mb"], row.get("peak_rss_mb")))
+        meta["load_average_end"] = os.getloadavg()
+        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=input_id, force=force) as art:
+            with open(art.path / ROWS, "w") as fh:
+                for row in rows.values():
+                    fh.write(json.dumps(row, default=_json) + "\n")
+            art.report.update(meta)
+    return out_dir
+
+
+def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a bench run (checks the manifest first: a half-written run is refused)."""
+    from compress.manifest import read_manifest
+
+    m = read_manifest(run_dir)
+    if m.stage != STAGE:
+        raise errors.ArtifactError(f"{run_dir}: a {m.stage!r} artifact, not a bench run")
+    return [json.loads(line) for line in (Path(run_dir) / ROWS).read_text().splitlines() if line.strip()]
+
+
+def _ref_label(reference: str) -> str:
+    return Path(reference).name or reference
+
+
+def _base_row(t: Target, runtime: str, requested, profile, note: str) -> dict[str, Any]:
+    row = {"label": t.label, "artifact": t.spec, "artifact_id": t.artifact_id, "stage": t.stage,
+           "runtime": runtime, "profile": requested.name, "threads_requested": requested.threads,
+           "threads": profile.threads, "note": note, "file_bytes": t.file_bytes,
+           "file_mb": round(t.file_bytes / 2**20, 2)}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        # the PyPI build offers only the CPU provider; say which one ran and whether XNNPACK existed
+        row["execution_provider"] = "CPUExecutionProvider"
+        row["xnnpack_available"] = "XnnpackExecutionProvider" in onnxruntime.get_available_providers()
+    return row
+
+
+def _accuracy(cfg, reference, pairs, plan, tokenizer, profile, rows) -> dict[str, Any]:
+    from runtimes import get_runtime
+
+    from .accuracy import score_mc, score_text
+    from .worker import load_runtime
+
+    ref = get_runtime("pytorch")
+    ref.load(reference, profile)
+    n_ctx = max(cfg.window, _longest_mc(tokenizer, plan)) + 8
+    loaded = {}
+    for t, r in pairs:
+        # the reference's own row reuses the loaded reference (score_text then skips the second pass)
+        is_ref = r == "pytorch" and t.spec == reference
+        loaded[(t.label, r)] = ref if is_ref else load_runtime(r, t.loaders[r], profile, n_ctx=n_ctx)
+    text = score_text(ref, loaded, plan)
+    ref_ppl = text[None]["perplexity"]
+    for key, rt in loaded.items():
+        row = rows[key]
+        row.update(runtime_version=rt.version(), **text[key], perplexity_ratio=text[key]["perplexity"] / ref_ppl)
+        row["mc"] = score_mc(rt, tokenizer, plan, cfg.mc_limit) if plan.tasks else {}
+        row["mc_mean"] = sum(row["mc"].values()) / len(row["mc"]) if row["mc"] else None
+    return {"reference_id": ref.loaded.model_id, "reference_perplexity": ref_ppl, "tokens": text[None]["tokens"],
+            "windows": len(plan.windows), "data": plan.data, "bos": plan.bos,
+            "mc_examples": {task.name: min(cfg.mc_limit or len(task.examples), len(task.examples)) for task in plan.tasks}}
+
+
+def _longest_mc(tokenizer, plan) -> int:
+    """Tokens in the longest multiple-choice sequence (a context-bound runtime must hold it)."""
+    longest = 0
+    for task in plan.tasks:
+        for ex in task.examples:
+            for choice in ex.choices:
+                longest = max(longest, len(tokenizer(ex.prompt + choice).input_ids) + 1)
+    return longest
+
+
+def _prompt_ids(tokenizer, cfg: BenchConfig) -> list[int]:
+    """The fixed prompt: the first ``prompt_tokens`` tokens of the text (BOS first where the model uses it)."""
+    from compress.data import load_text, tokenize_text, uses_bos
+
+    text = load_text(cfg.data).text
+    bos = [tokenizer.bos_token_id] if uses_bos(tokenizer) else []
+    ids = bos + tokenize_text(tokenizer, text[: cfg.prompt_tokens * 16], cfg.prompt_tokens - len(bos))
+    if len(ids) < cfg.prompt_tokens:
+        raise errors.DataError(f"{cfg.data}: too short for a {cfg.prompt_tokens}-token prompt")
+    return ids
+
+
+def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float | None) -> dict[str, Any]:
+    spec = {"runtime": runtime, "path": t.loaders[runtime], "profile": profile.__dict__, "prompt_ids": prompt,
+            "new_tokens": cfg.new_tokens, "warmup": cfg.warmup, "repetitions": cfg.repetitions}
+    res = run_worker(spec)
+    runs = res["runs"]
+    out: dict[str, Any] = {"runtime_version": res["runtime_version"], "load_s": res["load_s"],
+                           "reps": len(runs), "warmup": cfg.warmup, "prompt_tokens": len(prompt),
+                           "new_tokens": runs[0]["new_tokens"], "peak_rss_mb": round(res["peak_rss_mb"], 1),
+                           "rss_start_mb": round(res["rss_start_mb"], 1)}
+    for k in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
+        vals = [r[k] for r in runs]
+        out[k], out[k + "_min"], out[k + "_max"] = statistics.median(vals), min(vals), max(vals)
+    b = res["bytes_per_token"]
+    out.update(bytes_per_token=b["total"], weight_bytes_per_token=b["weights"], kv_bytes_per_token=b["kv"])
+    if bw:
+        out["bandwidth_gb_s"] = bw
+        out["roofline_tok_s"] = bw * 1e9 / b["total"]
+        out["roofline_fraction"] = out["decode_tok_s"] / out["roofline_tok_s"]
+    return out
+
+
+def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """Run :mod:`.worker` on ``spec`` in a fresh interpreter; typed errors come back as themselves."""
+    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "COMPRESS_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "compress.harness.worker", str(spec_path), str(out_path)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+        if not out_path.is_file():
+            raise RuntimeError(f"bench worker for {spec['runtime']} on {spec['path']} died (exit {proc.returncode}): "
+                               f"{proc.stderr.strip()[-2000:]}")
+        res = json.loads(out_path.read_text())
+    if "error" in res:
+        cls = getattr(errors, res["error_type"], None)
+        if isinstance(cls, type) and issubclass(cls, CompressError):
+            raise cls(res["error"])
+        raise RuntimeError(f"bench worker for {spec['runtime']} on {spec['path']} failed: {res['traceback']}")
+    return res
+
+
+def _json(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)

@@ -1,0 +1,75 @@
+"""Bench rows as text tables (columns, rows of strings) for the Markdown/HTML report and the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _spread(r: dict[str, Any], key: str, fmt: str) -> str:
+    if r.get(key) is None:
+        return "-"
+    return f"{r[key]:{fmt}} [{r[key + '_min']:{fmt}}-{r[key + '_max']:{fmt}}]"
+
+
+def _rt(r: dict[str, Any]) -> str:
+    v = r.get("runtime_version")
+    return f"{r['runtime']} {v}" if v else r["runtime"]
+
+
+def accuracy_table(rows: list[dict[str, Any]]) -> Table | None:
+    """The cross-runtime parity table: perplexity, KL, top-1 agreement and MC accuracy per runtime."""
+    rows = [r for r in rows if r.get("perplexity") is not None]
+    if not rows:
+        return None
+    tasks = sorted({t for r in rows for t in (r.get("mc") or {})})
+    cols = ["artifact", "runtime", "stage", "size MB", "perplexity", "ppl ratio", "KL", "top-1"]
+    cols += [f"MC {t}" for t in tasks] + (["MC mean"] if tasks else [])
+    body = []
+    for r in rows:
+        line = [r["label"], _rt(r), r["stage"], _f(r["file_mb"], ".1f"), _f(r["perplexity"], ".3f"),
+                _f(r["perplexity_ratio"], ".4f"), _f(r["kl"], ".4f"), _f(r["top1"], ".1%")]
+        line += [_f((r.get("mc") or {}).get(t), ".1%") for t in tasks]
+        if tasks:
+            line.append(_f(r.get("mc_mean"), ".1%"))
+        body.append(line)
+    return cols, body
+
+
+def latency_table(rows: list[dict[str, Any]]) -> Table | None:
+    rows = [r for r in rows if r.get("decode_tok_s") is not None]
+    if not rows:
+        return None
+    cols = ["artifact", "runtime", "threads", "load s", "TTFT ms", "prefill tok/s", "decode tok/s",
+            "peak RSS MB (imports)", "MB read/token", "roofline tok/s", "of roofline"]
+    body = []
+    for r in rows:
+        ttft = {k: r[k] * 1000 for k in ("ttft_s", "ttft_s_min", "ttft_s_max")}
+        threads = str(r["threads"]) + (f" (of {r['threads_requested']})" if r["threads"] != r["threads_requested"] else "")
+        body.append([r["label"], _rt(r) + (f" [{r['execution_provider']}]" if r.get("execution_provider") else ""),
+                     threads, _f(r["load_s"], ".2f"),
+                     f"{ttft['ttft_s']:.0f} [{ttft['ttft_s_min']:.0f}-{ttft['ttft_s_max']:.0f}]",
+                     _spread(r, "prefill_tok_s", ".0f"), _spread(r, "decode_tok_s", ".1f"),
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_start_mb']:.0f})", _f(r["bytes_per_token"] / 1e6, ".2f"),
+                     _f(r.get("roofline_tok_s"), ".0f"), _f(r.get("roofline_fraction"), ".0%")])
+    return cols, body
+
+
+def budget_table(rows: list[dict[str, Any]], profile: dict[str, Any]) -> Table | None:
+    if not profile:
+        return None
+    store, mem = profile.get("storage_budget_mb"), profile.get("memory_budget_mb")
+
+    def verdict(v):
+        return "-" if v is None else ("fits" if v else "TOO BIG")
+
+    cols = ["artifact", "runtime", "size MB", f"storage (budget {_f(store, '.0f')} MB)", "peak RSS MB",
+            f"memory (budget {_f(mem, '.0f')} MB)"]
+    body = [[r["label"], r["runtime"], _f(r["file_mb"], ".1f"), verdict(r.get("fits_storage")),
+             _f(r.get("peak_rss_mb"), ".0f"), verdict(r.get("fits_memory"))] for r in rows]
+    return cols, body

@@ -1,0 +1,108 @@
+"""Latency and memory of one runtime × artifact, in a process of its own.
+
+    python -m compress.harness.worker SPEC.json RESULT.json
+
+Its own process so that peak RSS (``ru_maxrss``) is this runtime's and nothing else's, and so that one
+runtime's thread pools and allocator state cannot slow the next. SPEC holds the runtime name, the
+path it loads, the profile, the prompt token ids and the repetition counts; RESULT gets load time,
+per-repetition time to first token / prefill / decode speed, bytes read per decoded token and RSS.
+Only the runtime's own backend is imported (no torch in a llama.cpp worker).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this address space. Not ``ru_maxrss``:
+    Linux carries that across fork + exec, so a worker started by a 1 GB parent would report 1 GB
+    whatever it loads (seen here: every row read the parent's figure)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+_BACKENDS = {"pytorch": ("torch", "transformers", "compress.models"), "onnxruntime": ("onnxruntime", "transformers"),
+             "llama.cpp": ("llama_cpp",)}
+
+
+def preimport(runtime: str) -> None:
+    """Import the backend before the load clock starts: load time is reading weights, not Python imports."""
+    import importlib
+
+    for mod in _BACKENDS.get(runtime, ()):
+        importlib.import_module(mod)
+
+
+def load_runtime(runtime: str, path: str, profile, n_ctx: int):
+    """A loaded runtime; PyTorch skips the import re-check (that is evaluation, not loading)."""
+    from runtimes import get_runtime
+
+    rt = get_runtime(runtime)
+    if runtime == "pytorch":
+        import torch
+
+        from compress.models import load_model
+
+        torch.set_num_threads(profile.threads)
+        rt.use(load_model(path, verify=False))
+    elif runtime == "llama.cpp":
+        rt.load(path, profile, n_ctx=n_ctx)
+    else:
+        rt.load(path, profile)
+    return rt
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    from runtimes.base import DeviceProfile
+
+    from .roofline import bytes_per_token
+
+    preimport(spec["runtime"])
+    rss_start = peak_rss_mb()
+    profile = DeviceProfile(**spec["profile"])
+    prompt, new = list(spec["prompt_ids"]), int(spec["new_tokens"])
+    t0 = time.perf_counter()
+    rt = load_runtime(spec["runtime"], spec["path"], profile, n_ctx=len(prompt) + new + 8)
+    load_s = time.perf_counter() - t0
+    rss_loaded = peak_rss_mb()
+    for _ in range(int(spec["warmup"])):
+        rt.generate(prompt, new)
+    runs = []
+    for _ in range(int(spec["repetitions"])):
+        g = rt.generate(prompt, new)
+        runs.append({"ttft_s": g.time_to_first_token_s, "prefill_tok_s": g.prefill_tokens_per_s,
+                     "decode_tok_s": g.decode_tokens_per_s, "new_tokens": len(g.new_ids), "total_s": g.total_s})
+    return {"runtime": rt.name, "runtime_version": rt.version(), "load_s": load_s, "runs": runs,
+            "new_ids": g.new_ids, "bytes_per_token": bytes_per_token(rt, len(prompt) + new / 2),
+            "rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = Path(argv[0]), Path(argv[1])
+    try:
+        result = measure(json.loads(spec_path.read_text()))
+        rc = 0
+    except Exception as e:  # the parent re-raises typed errors by class name
+        result = {"error": str(e), "error_type": type(e).__name__, "traceback": traceback.format_exc()}
+        rc = 1
+    out_path.write_text(json.dumps(result))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
