@@ -166,3 +166,17 @@ def test_distill_cli_trains_resumes_and_the_student_quantizes_and_exports(pair, 
     assert rc == 0, err
     rc, out, err = run_cli("export", tmp_path / "kd", "--format", "gguf", "--qtype", "F32", "--out", tmp_path / "g")
     assert rc == 0, err
+
+
+def test_hidden_state_loss_maps_the_layers_depth_pruning_kept(pair, tmp_path):
+    from compress.errors import ConfigError
+
+    kept = read_manifest(pair[1]).report["layers_kept"]
+    out = distill(_cfg(pair, steps=2, hidden_weight=1.0), tmp_path / "h")
+    assert read_manifest(out).report["layer_map"] == [[i, k] for i, k in enumerate(kept)]
+    plain = save_tiny(tmp_path / "plain", "llama", num_hidden_layers=2)  # no manifest: nothing says which layers
+    with pytest.raises(ConfigError, match="give layer_map pairs"):
+        distill(_cfg(pair, student=str(plain), steps=2, hidden_weight=1.0), tmp_path / "h2")
+    out = distill(_cfg(pair, student=str(plain), steps=2, hidden_weight=1.0, layer_map=((0, 1), (1, 3))),
+                  tmp_path / "h3")
+    assert read_manifest(out).report["layer_map"] == [[0, 1], [1, 3]]

@@ -182,3 +182,20 @@ def test_prune_cli_depth_writes_an_artifact_and_reports(run_cli, llama4, tmp_pat
     rc, out, err = run_cli("prune", llama4, "--config", tmp_path / "p.yaml", "--out", tmp_path / "d2", "--json")
     assert rc == 0, err
     assert read_manifest(tmp_path / "d2").content_id == read_manifest(tmp_path / "d").content_id
+
+
+@pytest.mark.parametrize("method", ["depth", "width"])
+def test_pruned_tiny_model_exports_to_gguf_and_onnx(method, tmp_path):
+    from test_export_onnx_helpers import peaked
+
+    from export.gguf import GGUFConfig, export_gguf
+    from export.onnx import OnnxConfig, export_onnx
+
+    src = peaked("llama", num_hidden_layers=3)  # 6 heads of 16 (onnxruntime's attention needs head_dim % 16)
+    kw = dict(layers=2) if method == "depth" else dict(intermediate_size=112, num_attention_heads=4,
+                                                       num_key_value_heads=2)
+    out = prune(str(src), PruneConfig(method=method, **kw, **SMALL), tmp_path / "p")
+    g = export_gguf(out, GGUFConfig(qtype="F32"), tmp_path / "gguf")
+    assert read_manifest(g.parent).report["validation"]["top1_agreement"] >= 0.99
+    o = export_onnx(out, OnnxConfig(precision="fp32"), tmp_path / "onnx")
+    assert read_manifest(o.parent).report["layers"] == (2 if method == "depth" else 3)

@@ -154,7 +154,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
 
     need_hidden = bool(layer_map)
     step, t_run, last_saved = start, time.perf_counter(), start
-    with TrainBar(cfg.steps, start, cfg.tokens_per_step * acc.num_processes) as bar:
+    with TrainBar(cfg.steps, start, cfg.tokens_per_step * acc.num_processes, main_process=acc.is_main_process) as bar:
         for ids in loader:
             if on_step is not None:
                 on_step(step, ids, acc.unwrap_model(student))

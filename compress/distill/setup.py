@@ -77,13 +77,13 @@ class lr_lambda:  # noqa: N801 - used like a function by LambdaLR; a class so it
 class TrainBar:
     """A rich bar with loss, tokens/s and ETA on a terminal; log lines every 10 steps otherwise."""
 
-    def __init__(self, total: int, start: int, tokens_per_step: int):
-        self.total, self.start, self.tps = total, start, tokens_per_step
+    def __init__(self, total: int, start: int, tokens_per_step: int, *, main_process: bool = True):
+        self.total, self.start, self.tps, self.main = total, start, tokens_per_step, main_process
         self.prog: Progress | None = None
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> TrainBar:
-        if _enabled():
+        if _enabled() and self.main:  # one bar per run, not one per process
             self.prog = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)
@@ -101,12 +101,12 @@ class TrainBar:
         tps = (step - self.start) * self.tps / max(elapsed, 1e-9)
         if self.prog is not None:
             self.prog.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:.0f}")
-        elif step % 10 == 0 or step == self.total:
+        elif self.main and (step % 10 == 0 or step == self.total):
             eta = (self.total - step) * elapsed / max(step - self.start, 1)
             log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0f s", step, self.total, loss, lr, tps, eta)
 
     def note(self, msg: str) -> None:
         if self.prog is not None:
             self.prog.console.log(msg)
-        else:
+        elif self.main:
             log.info(msg)
