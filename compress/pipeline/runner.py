@@ -134,7 +134,12 @@ def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
         else:
             t0 = time.perf_counter()
             echo(f"  {step.label:<28} running ...")
-            produced = kind.run(step, ctx)
+            try:
+                produced = kind.run(step, ctx)
+            except OSError as e:  # disk full, permissions: the writer already removed its temporary folder
+                where = e.filename or step.out
+                raise ArtifactError(f"{step.label}: {e.strerror or e} while writing {where}; nothing was "
+                                    f"kept in {_rel(step.out)}") from None
             result.seconds[step.key] = time.perf_counter() - t0
             result.ran.append(step.key)
             ctx.ids[step.key] = _actual_id(step, kind.expected_id(step, ctx))
