@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml requirements.lock
 # The demo and the tests never touch a model hub: HF_HUB_OFFLINE makes any attempt fail loudly.
 demo test test-unit test-integration bench: export HF_HUB_OFFLINE = 1
 
+# recipes/default.yaml: int8 and int4 in GGUF and ONNX, benched on the laptop and phone profiles, with a
+# report; it ends by naming the report and the `compress chat` command to try. A second run does nothing.
 demo: install
 	$(BIN)/compress fetch smollm2-135m
-	$(BIN)/compress eval smollm2-135m
+	$(BIN)/compress run recipes/default.yaml
 
 test: install
 	$(BIN)/python -m pytest -q
