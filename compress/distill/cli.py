@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -72,6 +73,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("distill: --out DIR is required")
         path = run_distill(cfg, out, resume=resume, force=force, checkpoint_dir=checkpoint_dir,
                            stop_after_minutes=stop_after, threads=threads)
+        if int(os.environ.get("RANK", "0")) != 0:  # under accelerate/torchrun, one report per run
+            return
         if path is None:
             print(f"stopped after {stop_after:g} min with a checkpoint; continue with the same command plus --resume")
             raise typer.Exit(3)
