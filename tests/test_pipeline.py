@@ -130,3 +130,40 @@ def test_an_output_folder_that_is_not_this_stages_artifact_is_never_replaced(tmp
     assert "export-onnx: output folder exists and is not an artifact" in err
     assert (mine / "notes.txt").read_text() == "my own files"
     assert not (tmp_path / "work" / "quantize-q8").exists()  # refused before any stage ran
+
+
+def test_bench_report_and_check_stages_are_cached_too(tmp_path, run_cli):
+    from compress.harness import write_baseline
+
+    model = peaked("llama")
+    bench = {"name": "laptop", "reference": str(model), "tasks": [], "max_tokens": 128, "window": 64,
+             "latency": False}
+    recipe = small(tmp_path, export=[{"name": "gguf", "format": "gguf", "from": "q8", "qtype": "Q8_0",
+                                      "check_tokens": 32}], bench=[bench], report={})
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0, err
+    run_dir = tmp_path / "work" / "bench-laptop"
+    assert (run_dir / "report" / "report.md").is_file()
+    assert f"report: {run_dir / 'report' / 'report.md'}" in out
+    baseline = write_baseline(run_dir, tmp_path / "baseline.json")
+
+    data = yaml.safe_load(recipe.read_text())
+    data["check"] = {"baseline": str(baseline)}
+    recipe.write_text(yaml.safe_dump(data))
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0, err
+    assert out.count("ran in") == 1 and "check check" in out  # only the new stage ran
+    assert read_manifest(tmp_path / "work" / "check").report["passed"] is True
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0 and "nothing to do: all 5 stages were already done (cached)" in out
+
+
+@pytest.mark.parametrize("name", ["default", "phone"])
+def test_shipped_recipes_parse(name):
+    r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml")
+    assert r.model == "smollm2-135m"
+    kinds = {s.kind for s in r.steps}
+    assert {"quantize", "export-gguf", "export-onnx", "bench", "report"} <= kinds
+    for s in r.steps:
+        if s.kind == "quantize":
+            assert s.config.effective_group_size in (0, 32, 64)  # 576 and 1536 wide layers: never 128
