@@ -15,22 +15,27 @@ from typing import Any, Optional
 
 import typer
 
-# What a backend holds besides the mapped weights: interpreter, onnxruntime / llama.cpp, tokenizer, buffers.
-# Measured on SmolLM2-135M (benchmarks/RESULTS.md, "Pipeline and chat"): RSS minus model file 150-260 MB.
-RUNTIME_OVERHEAD_MB = 300
+# What loading adds beyond the weights file and the process as it stands (measured on SmolLM2-135M with a
+# 2,048-token context, 256 tokens generated: llama.cpp +92 MB (f16 KV cache 47 MB, compute buffers),
+# onnxruntime +184 MB (its arena, pre-packed MatMulNBits weights, the fp32 KV cache)), rounded up.
+RUNTIME_BUFFERS_MB = {"gguf": 100, "onnx": 200}
 
 
-def check_budget(artifact: Path, profile, cfg) -> float:
-    """Estimated MB the chat needs; ConfigError naming both numbers when over the profile's budget."""
+def check_budget(artifact: Path, profile) -> float:
+    """Estimated MB the chat will hold: the process now + the weights + the runtime's buffers.
+    ConfigError naming the numbers when that is over the profile's memory budget."""
     from ..errors import ConfigError
-    from .backends import model_bytes
+    from .backends import model_bytes, resolve_chat_artifact
+    from .session import rss_mb
 
-    size_mb = model_bytes(artifact) / 1e6
-    need = size_mb + RUNTIME_OVERHEAD_MB
+    kind, _ = resolve_chat_artifact(artifact)
+    size_mb, now_mb, buffers = model_bytes(artifact) / 1e6, rss_mb(), RUNTIME_BUFFERS_MB[kind]
+    need = size_mb + now_mb + buffers
     budget = profile.memory_budget_mb
     if budget is not None and need > budget:
-        raise ConfigError(f"{artifact}: {size_mb:.0f} MB of weights + about {RUNTIME_OVERHEAD_MB} MB runtime "
-                          f"= {need:.0f} MB, over the {profile.name!r} profile's memory budget of {budget:.0f} MB")
+        raise ConfigError(f"{artifact}: {size_mb:.0f} MB of weights + {now_mb:.0f} MB this process holds + about "
+                          f"{buffers} MB of runtime buffers = {need:.0f} MB, over the {profile.name!r} profile's "
+                          f"memory budget of {budget:.0f} MB")
     return need
 
 
@@ -45,7 +50,7 @@ def run_chat(artifact: Path, cfg, *, profile_name: str | None = None, once: str 
         from compress.harness import load_profile
 
         profile = load_profile(profile_name)
-        check_budget(artifact, profile, cfg)
+        check_budget(artifact, profile)
         threads = threads or profile.threads
     backend = open_backend(artifact, cfg, threads=threads or 2)
     session = ChatSession(backend, cfg)
