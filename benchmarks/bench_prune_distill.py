@@ -123,6 +123,16 @@ def prepare(args) -> None:
             if k in rep:
                 st["prune_report"][k] = rep[k]
     measure_teacher_cache(res)
+    # a 4-step probe of the real training step sets how many steps fit in the time budget
+    probe = WORK / "probe-kd"
+    run(res, ["distill", "--teacher", TEACHER, "--student", WORK / "depth", "--steps", "4", *KD, "--eval-tokens", "0",
+              "--out", probe, "--force"])
+    rep = json.loads((probe / "manifest.json").read_text())["report"]
+    step_s = (rep["seconds"]["teacher"] + rep["seconds"]["student"]) / rep["steps"]
+    res["probe"] = {"step_s": round(step_s, 2), "tokens_per_s": rep["tokens_per_s"],
+                    "teacher_share_of_step": rep["teacher_share_of_step"]}
+    res["budget_minutes"] = args.budget
+    res["recommended_steps"] = int(args.budget * 60 * 0.9 / step_s)  # 10% for evaluations and checkpoints
     save(res)
 
 
@@ -130,7 +140,7 @@ def train(args) -> None:
     res = load()
     st = res["students"][args.student]
     out = WORK / f"{args.student}-kd"
-    steps = st.setdefault("steps", args.steps)
+    steps = st.setdefault("steps", args.steps or res["recommended_steps"])
     ckdir = WORK / f"{args.student}-kd.checkpoints"
     resume = ckdir.is_dir() and any(ckdir.glob("step-*"))
     cmd = ["-v", "distill", "--teacher", TEACHER, "--student", WORK / args.student, "--steps", str(steps), *KD,
@@ -170,17 +180,47 @@ def finish(args) -> None:
     save(res)
 
 
+def table(args) -> None:
+    """Markdown for benchmarks/RESULTS.md from WORK/results.json."""
+    res = load()
+    t = res.get("teacher_ppl")
+    print(f"Teacher {TEACHER}: perplexity {t:.3f} (8192 tokens of moby-dick, windows of 512).\n")
+    print("| student | params | before | after | recovery | steps x tokens | distill time | resumed at | int4 ppl "
+          "| GGUF Q4_0 | ONNX int4 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, st in res["students"].items():
+        pr, dr = st.get("prune_report", {}), st.get("distill_report", {})
+        rec = st.get("recovery")
+        secs = dr.get("seconds", {})
+        minutes = sum(secs.values()) / 60 if secs else None
+        print(f"| {name} | {pr.get('params_after', 0) / 1e6:.1f} M ({pr.get('params_ratio', 0):.0%}) "
+              f"| {st.get('before_ppl', float('nan')):.2f} | {st.get('after_ppl', float('nan')):.2f} "
+              f"| {'' if rec is None else f'{rec:.1%}'} | {dr.get('steps', '')} x {4 * 256} "
+              f"| {'' if minutes is None else f'{minutes:.1f} min'} | {dr.get('resumed_at', '')} "
+              f"| {st.get('int4_ppl', float('nan')):.2f} | {st.get('gguf_bytes', 0) / 1e6:.1f} MB "
+              f"| {st.get('onnx_bytes', 0) / 1e6:.1f} MB |")
+    print("\nCommands (in order; wall time, 1-minute load average before -> after):\n")
+    for c in res["commands"]:
+        print(f"- `{c['command']}` (rc {c['rc']}, {c['wall_s']:.0f} s, load {c['load_before']} -> {c['load_after']}, "
+              f"{c['at']} UTC)")
+    for key in ("teacher_cache_probe", "probe"):
+        if key in res:
+            print(f"\n{key}: {json.dumps(res[key])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["prepare", "train", "finish", "table"])
     ap.add_argument("--student", choices=list(STUDENTS))
-    ap.add_argument("--steps", type=int, default=240, help="Distillation steps (fixed at the first chunk).")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="Distillation steps (fixed at the first chunk; default: what fits in --budget).")
+    ap.add_argument("--budget", type=float, default=20.0, help="prepare: distillation minutes per student.")
     ap.add_argument("--minutes", type=float, default=14.0, help="Chunk length (--stop-after).")
     ap.add_argument("--kill-after", type=float, default=None, help="SIGKILL the chunk after this many minutes.")
     args = ap.parse_args()
     if args.phase in ("train", "finish") and not args.student:
         ap.error("--student is required")
-    {"prepare": prepare, "train": train, "finish": finish, "table": lambda a: print(json.dumps(load(), indent=2))}[
+    {"prepare": prepare, "train": train, "finish": finish, "table": table}[
         args.phase](args)
 
 
