@@ -178,6 +178,17 @@ def finish(args) -> None:
         st[f"{fmt}_bytes"] = sum(f.stat().st_size for f in o.iterdir() if f.suffix in (".gguf", ".onnx", ".data"))
         st[f"{fmt}_dir"] = str(o)
     save(res)
+    # decode speed and size in the #5 harness (latency only: accuracy is the perplexity above)
+    cfg = WORK / "bench-latency.yaml"
+    cfg.write_text("type: bench\ninclude_reference: false\naccuracy: false\nroofline: false\ntasks: []\n")
+    run_dir = WORK / f"{args.student}-bench"
+    if not (run_dir / "manifest.json").is_file():
+        run(res, ["bench", f"{args.student}-Q4_0={st['gguf_dir']}", f"{args.student}-onnx-int4={st['onnx_dir']}",
+                  "--config", cfg, "--out", run_dir])
+    rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines() if line.strip()]
+    st["bench"] = [{k: r.get(k) for k in ("label", "runtime", "threads", "file_mb", "decode_tok_s", "decode_tok_s_min",
+                                          "decode_tok_s_max", "ttft_s", "peak_rss_mb")} for r in rows]
+    save(res)
 
 
 def table(args) -> None:
@@ -203,6 +214,11 @@ def table(args) -> None:
     for c in res["commands"]:
         print(f"- `{c['command']}` (rc {c['rc']}, {c['wall_s']:.0f} s, load {c['load_before']} -> {c['load_after']}, "
               f"{c['at']} UTC)")
+    for name, st in res["students"].items():
+        for b in st.get("bench", []):
+            print(f"\n{b['label']} ({b['runtime']}, {b['threads']} threads): {b['file_mb']:.1f} MB, decode "
+                  f"{b['decode_tok_s']:.1f} tok/s ({b['decode_tok_s_min']:.1f}..{b['decode_tok_s_max']:.1f}), "
+                  f"TTFT {b['ttft_s']:.3f} s, peak RSS {b['peak_rss_mb']:.0f} MB")
     for key in ("teacher_cache_probe", "probe"):
         if key in res:
             print(f"\n{key}: {json.dumps(res[key])}")
