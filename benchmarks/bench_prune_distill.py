@@ -181,10 +181,13 @@ def finish(args) -> None:
     # decode speed and size in the #5 harness (latency only: accuracy is the perplexity above)
     cfg = WORK / "bench-latency.yaml"
     cfg.write_text("type: bench\ninclude_reference: false\naccuracy: false\nroofline: false\ntasks: []\n")
+    teacher_q4 = WORK / "teacher-Q4_0"  # the unpruned model in the same format, timed in the same run
+    if not (teacher_q4 / "manifest.json").is_file():
+        run(res, ["export", TEACHER, "--format", "gguf", "--qtype", "Q4_0", "--out", teacher_q4])
     run_dir = WORK / f"{args.student}-bench"
     if not (run_dir / "manifest.json").is_file():
         run(res, ["bench", f"{args.student}-Q4_0={st['gguf_dir']}", f"{args.student}-onnx-int4={st['onnx_dir']}",
-                  "--config", cfg, "--out", run_dir])
+                  f"teacher-Q4_0={teacher_q4}", "--config", cfg, "--out", run_dir])
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines() if line.strip()]
     st["bench"] = [{k: r.get(k) for k in ("label", "runtime", "threads", "file_mb", "decode_tok_s", "decode_tok_s_min",
                                           "decode_tok_s_max", "ttft_s", "peak_rss_mb")} for r in rows]
