@@ -53,19 +53,30 @@ def _eval_windows(tokenizer, cfg: DistillConfig):
     return text_windows(ids, window=window, stride=window, bos_id=bos, source=text.name)
 
 
-def _perplexity(model, tokenizer, windows) -> float | None:
-    from runtimes.torch_runtime import TorchRuntime
+class _OnDevice:
+    """The Runtime protocol's ``logits`` for a model wherever accelerate put it (CPU or GPU)."""
 
+    name = "pytorch"
+
+    def __init__(self, model):
+        self.model, self.device = model, next(model.parameters()).device
+
+    @torch.inference_mode()
+    def logits(self, token_ids, last: int | None = None):
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        return self.model(ids, use_cache=False, logits_to_keep=last or 0).logits[0].float().cpu().numpy()
+
+
+def _perplexity(model, windows) -> float | None:
+    """Perplexity on the held-out windows with compress.evaluate's arithmetic (as ``compress eval``)."""
     from ..evaluate import score_windows
-    from ..models import LoadedModel, ModelSource
 
     if not windows:
         return None
     was_training = model.training
     model.eval()
     try:
-        rt = TorchRuntime().use(LoadedModel(model, tokenizer, ModelSource("in-memory", "hf_dir"), "student"))
-        return round(score_windows(rt, windows)["perplexity"], 4)
+        return round(score_windows(_OnDevice(model), windows)["perplexity"], 4)
     finally:
         model.train(was_training)
 
@@ -131,8 +142,8 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
     elif resume:
         log.warning("%s: no checkpoint to resume from; starting at step 0", ck.path)
     if start == 0:
-        history["perplexity_teacher"] = _perplexity(teacher, t_tok, windows)
-        history["eval"].append({"step": 0, "perplexity": _perplexity(student, s_tok, windows)})
+        history["perplexity_teacher"] = _perplexity(teacher, windows)
+        history["eval"].append({"step": 0, "perplexity": _perplexity(student, windows)})
     order = SampleOrder(len(seqs), cfg.seed)
     loader = torch.utils.data.DataLoader(
         OrderedSamples(seqs, order, start * global_batch, (cfg.steps - start) * global_batch), batch_size=cfg.batch)
@@ -189,7 +200,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
             bar.update(step, value, sched.get_last_lr()[0])
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 t = time.perf_counter()
-                ppl = _perplexity(acc.unwrap_model(student), s_tok, windows)
+                ppl = _perplexity(acc.unwrap_model(student), windows)
                 secs["eval"] += time.perf_counter() - t
                 history["eval"].append({"step": step, "perplexity": ppl})
                 bar.note(f"step {step}: eval perplexity {ppl}")
