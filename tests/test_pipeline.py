@@ -167,3 +167,10 @@ def test_shipped_recipes_parse(name):
     for s in r.steps:
         if s.kind == "quantize":
             assert s.config.effective_group_size in (0, 32, 64)  # 576 and 1536 wide layers: never 128
+
+
+def test_a_real_run_checks_every_stage_before_running_any(tmp_path, run_cli):
+    recipe = small(tmp_path, bench=[{"name": "b", "profile": "fone", "reference": str(peaked("llama"))}])
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 2 and "unknown profile 'fone'" in err and "did you mean 'phone'" in err
+    assert not (tmp_path / "work" / "quantize-q8").exists()  # refused before the first stage

@@ -123,6 +123,10 @@ def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
 
             ensure_fetched(recipe.model)
             ctx.ids["model"] = root_id(recipe.model)
+    # every stage still to run is checked first: an unknown profile must not surface after minutes of GPTQ
+    for st in plan(recipe, Context(recipe)):
+        if not st.done:
+            STAGES[st.step.kind].dry_check(st.step, ctx)
     result = RunResult()
     for step in recipe.steps:
         kind = STAGES[step.kind]
