@@ -1,0 +1,110 @@
+"""Runtime harness benchmarks (issue #5): build every artifact with the CLI, bench them, report.
+
+    python benchmarks/bench_harness.py artifacts --model smollm2-135m          # compress quantize/export ...
+    python benchmarks/bench_harness.py bench --model smollm2-135m --profile laptop [-- extra bench options]
+    python benchmarks/bench_harness.py table RUN_DIR [RUN_DIR ...]            # Markdown rows for RESULTS.md
+
+Artifacts go to /tmp/bench-artifacts/MODEL/ (not the repository); an artifact that is already complete
+is kept. Every step is one `compress` command, printed before it runs, so RESULTS.md can quote it.
+Run each step under the shared lock: ``flock /tmp/compress-heavy.lock python benchmarks/bench_harness.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ART = Path("/tmp/bench-artifacts")
+CLI = [str(ROOT / ".venv" / "bin" / "compress")]
+
+# (label, compress arguments); {m} is the model, {o} the output directory
+SMOLLM2 = [
+    ("int8", "quantize {m} --scheme int8 --eval-tokens 0 --out {o}"),
+    # GPTQ with 32 calibration windows of 256 tokens (a quarter of the default) to fit the time box
+    ("int4-gptq-g64", "quantize {m} --scheme int4-gptq --group-size 64 --symmetric --samples 32 --seq-len 256 "
+                      "--eval-tokens 0 --out {o}"),
+    ("gguf-F16", "export {m} --format gguf --qtype F16 --out {o}"),
+    ("gguf-Q8_0", "export {m} --format gguf --qtype Q8_0 --out {o}"),
+    ("gguf-Q4_0", "export {m} --format gguf --qtype Q4_0 --out {o}"),
+    ("gguf-Q4_K_M", "export {m} --format gguf --qtype Q4_K_M --out {o}"),
+    ("onnx-fp32", "export {m} --format onnx --qtype fp32 --out {o}"),
+    ("onnx-int8", "export {m} --format onnx --qtype int8 --out {o}"),
+    ("onnx-int4", "export {m} --format onnx --qtype int4 --out {o}"),
+]
+# Gemma3's 262k vocabulary makes GPTQ calibration and every export slower: RTN int4 instead of GPTQ
+GEMMA3 = [
+    ("int8", "quantize {m} --scheme int8 --eval-tokens 0 --out {o}"),
+    ("int4-rtn-g64", "quantize {m} --scheme int4-rtn --group-size 64 --symmetric --eval-tokens 0 --out {o}"),
+    ("gguf-F16", "export {m} --format gguf --qtype F16 --out {o}"),
+    ("gguf-Q8_0", "export {m} --format gguf --qtype Q8_0 --out {o}"),
+    ("gguf-Q4_0", "export {m} --format gguf --qtype Q4_0 --out {o}"),
+    ("gguf-Q4_K_M", "export {m} --format gguf --qtype Q4_K_M --out {o}"),
+    ("onnx-fp32", "export {m} --format onnx --qtype fp32 --out {o}"),
+    ("onnx-int4", "export {m} --format onnx --qtype int4 --out {o}"),
+]
+PLANS = {"smollm2-135m": SMOLLM2, "gemma3-270m": GEMMA3}
+
+
+def _run(args: list[str]) -> float:
+    print("$ compress " + " ".join(shlex.quote(a) for a in args), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(CLI + args, check=True)
+    return time.perf_counter() - t0
+
+
+def artifacts(model: str, only: list[str]) -> None:
+    from compress.manifest import is_complete
+
+    for label, cmd in PLANS[model]:
+        out = ART / model / label
+        if (only and label not in only) or is_complete(out):
+            continue
+        dt = _run(shlex.split(cmd.format(m=model, o=out)))
+        print(f"  {label}: {dt:.0f} s", flush=True)
+
+
+def bench(model: str, profile: str, extra: list[str]) -> Path:
+    arts = [f"{label}={ART / model / label}" for label, _ in PLANS[model] if (ART / model / label).exists()]
+    out = ART / "runs" / f"{model}-{profile}"
+    _run(["bench", *arts, "--profile", profile, "--out", str(out), "--force", "--report", *extra])
+    return out
+
+
+def table(run_dirs: list[Path]) -> None:
+    """Markdown of the runs' parity and latency tables (from report.md) with the run's command line."""
+    for run in run_dirs:
+        print((run / "report" / "report.md").read_text())
+        m = json.loads((run / "manifest.json").read_text())
+        print(f"config: `{json.dumps(m['config'])}`\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("artifacts")
+    a.add_argument("--model", required=True, choices=sorted(PLANS))
+    a.add_argument("--only", action="append", default=[])
+    b = sub.add_parser("bench")
+    b.add_argument("--model", required=True, choices=sorted(PLANS))
+    b.add_argument("--profile", default="laptop")
+    b.add_argument("extra", nargs=argparse.REMAINDER)
+    t = sub.add_parser("table")
+    t.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    if args.cmd == "artifacts":
+        artifacts(args.model, args.only)
+    elif args.cmd == "bench":
+        bench(args.model, args.profile, [x for x in args.extra if x != "--"])
+    else:
+        table(args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
