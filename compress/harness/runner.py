@@ -62,7 +62,7 @@ def bench(cfg: BenchConfig, artifacts: list[str | Path], out_dir: str | Path, *,
         raise ConfigError(f"bench: none of the artifacts can run on {', '.join(cfg.runtimes)}: " + "; ".join(skipped))
     for s in skipped:
         log.warning("skipped %s: not loadable by the chosen runtimes", s)
-    input_id = hashlib.sha256(json.dumps(sorted(t.artifact_id for t in targets)).encode()).hexdigest()[:16]
+    input_id = hashlib.sha256(json.dumps(sorted({t.artifact_id for t in targets})).encode()).hexdigest()[:16]
 
     from compress.evaluate import EvalConfig, prepare_eval
     from compress.models import load_tokenizer

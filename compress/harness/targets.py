@@ -124,10 +124,11 @@ def select_runtimes(target: Target, wanted: tuple[str, ...]) -> list[str]:
 def resolve_reference(targets: list[Target], reference: str | None) -> str:
     if reference:
         return reference
-    sources = {t.source for t in targets}
-    if len(sources) == 1 and None not in sources:
-        return sources.pop()
-    known = sorted(s for s in sources if s)
+    # plain .gguf files carry no lineage: they follow the one model the other artifacts name (a GGUF of
+    # another model then fails the logits shape check against the reference)
+    known = sorted({t.source for t in targets if t.source})
+    if len(known) == 1:
+        return known[0]
     why = (f"the artifacts come from different models ({', '.join(known)})" if len(known) > 1 else
            "their manifests do not lead back to a bundled model")
     raise ConfigError(f"cannot tell which reference to compare with: {why}; pass --reference MODEL")
