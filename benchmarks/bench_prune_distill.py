@@ -168,7 +168,7 @@ def finish(args) -> None:
     st["recovery"] = (b - a) / (b - t)
     q = WORK / f"{args.student}-kd-int4"
     if not (q / "manifest.json").is_file():
-        run(res, ["quantize", kd, "--scheme", "int4-gptq", "--group-size", "32", "--samples", "32", "--seq-len", "512",
+        run(res, ["quantize", kd, "--scheme", "int4-gptq", "--group-size", "32", "--samples", "16", "--seq-len", "256",
                   "--eval-tokens", "0", "--out", q])
     st["int4_ppl"] = perplexity(res, q)
     for fmt, extra in (("gguf", ["--qtype", "Q4_0"]), ("onnx", ["--qtype", "int4", "--accuracy-level", "4"])):
