@@ -43,3 +43,14 @@ def _isolated_cache(tmp_path, monkeypatch, request):
     """Unit tests get an empty model cache; integration tests keep the real one (bundled models)."""
     if request.node.get_closest_marker("integration") is None:
         monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only spins (10x slower on a busy 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

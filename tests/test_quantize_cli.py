@@ -7,20 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from tiny import save_tiny
 
 FAST = ("--samples", "4", "--seq-len", "32", "--eval-tokens", "64")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread only spins (10x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors run on one thread
 
 
 def _assert_refused(rc: int, err: str, out: Path, pattern: str) -> None:

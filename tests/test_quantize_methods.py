@@ -17,13 +17,7 @@ from compress.quantize.grid import Grid, rtn
 from compress.quantize.layers import make_plan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread only spins (10x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors run on one thread
 
 
 def _correlated(n=2048, d=128, seed=0):

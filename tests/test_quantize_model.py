@@ -16,13 +16,7 @@ from compress.quantize.modules import W8A8Linear, fake_quant_per_token
 FAST = dict(samples=4, seq_len=32, eval_tokens=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread only spins (10x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors run on one thread
 
 
 def _decode(raw: dict[str, np.ndarray], name: str, meta: dict) -> np.ndarray:
