@@ -199,7 +199,10 @@ def _steps(p: Path, data: dict[str, Any], work: Path) -> list[Step]:
             if a not in exports:
                 raise ConfigError(f"{p}: bench[{i}] ({name}).artifacts: {a!r} is not an export"
                                   f"{suggest(str(a), exports)}; exports: {', '.join(exports) or 'none'}")
-        benches[name] = add("bench", name, "bench", _config(p, "bench", i, name, "bench", e),
+        # the reference is the recipe's model unless the entry names another: every export's losses are
+        # measured against what the recipe started from
+        filled = {} if "reference" in e else {"reference": data["model"]}
+        benches[name] = add("bench", name, "bench", _config(p, "bench", i, name, "bench", e, filled),
                             tuple(exports[a] for a in wanted), False, labels=tuple(wanted)).key
     for section in ("report", "check"):
         for i, e in enumerate(_entries(p, data, section)):

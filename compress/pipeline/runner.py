@@ -145,6 +145,7 @@ def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
                 raise ArtifactError(f"{step.label}: {e.strerror or e} while writing {where}; nothing was "
                                     f"kept in {_rel(step.out)}") from None
             result.seconds[step.key] = time.perf_counter() - t0
+            _release_memory()
             result.ran.append(step.key)
             ctx.ids[step.key] = _actual_id(step, kind.expected_id(step, ctx))
             if step.kind == "report":
@@ -161,6 +162,19 @@ def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
         total = sum(result.seconds.values())
         echo(f"ran {len(result.ran)} of {len(recipe.steps)} stages in {total:.1f} s ({len(result.cached)} cached)")
     return result
+
+
+def _release_memory() -> None:
+    """Hand the finished stage's freed memory back to the OS: without it the next stage's peak stacks on
+    the previous one's (glibc keeps freed heap pages; measured +400 MB over the default recipe)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _actual_id(step: Step, expected: str | None) -> str | None:
