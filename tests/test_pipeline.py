@@ -157,6 +157,17 @@ def test_bench_report_and_check_stages_are_cached_too(tmp_path, run_cli):
     rc, out, err = run_cli("run", recipe)
     assert rc == 0 and "nothing to do: all 5 stages were already done (cached)" in out
 
+    # a baseline the run falls behind: the check (only) runs again and the run exits 1
+    base = json.loads(baseline.read_text())
+    for row in base["rows"]:
+        if row.get("perplexity"):
+            row["perplexity"] = row["perplexity"] / 2
+    baseline.write_text(json.dumps(base))
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 1, err
+    assert out.count("ran in") == 1 and "check failed: check" in out
+    assert read_manifest(tmp_path / "work" / "check").report["passed"] is False
+
 
 @pytest.mark.parametrize("name", ["default", "phone"])
 def test_shipped_recipes_parse(name):
