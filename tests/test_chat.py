@@ -173,3 +173,24 @@ def test_a_stage_artifact_that_is_not_an_export_is_refused(chat_model, tmp_path,
     q = run_quantize(str(chat_model), QuantConfig(scheme="int8", eval_tokens=0), tmp_path / "q")
     rc, out, err = run_cli("chat", q, "--once", "hi")
     assert rc == 2 and "'quantize' artifact cannot chat; export it first" in err
+
+
+def test_ctrl_c_stops_one_answer_and_the_chat_goes_on(onnx_export, monkeypatch):
+    cfg = ChatConfig(max_new_tokens=6)
+    session = ChatSession(open_backend(onnx_export, cfg, threads=1), cfg)
+    decoder = session.backend.decoder
+    real, calls = decoder.run, {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-way through the first answer
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(decoder, "run", flaky)
+    out = io.StringIO()
+    rc = repl(session, stdin=io.StringIO("first\nsecond\n/exit\n"), stdout=out)
+    assert rc == 0
+    assert "[stopped]" in out.getvalue()
+    assert [t["content"] for t in session.turns if t["role"] == "user"] == ["second"]
+    assert session.backend.last.reused_tokens == 0  # the interrupted cache was dropped, not reused

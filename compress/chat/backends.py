@@ -145,6 +145,7 @@ class LlamaCppBackend:
 
     def stream(self, ids: Sequence[int], max_new_tokens: int) -> Iterator[str]:
         cfg = self.cfg
+        # llama-cpp-python keeps the evaluated ids in _input_ids; generate() below reuses that prefix
         self.last = stats = TurnStats(prompt_tokens=len(ids),
                                       reused_tokens=_common_prefix(list(self.llm._input_ids), ids))
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
@@ -259,5 +260,8 @@ class OnnxBackend:
             text = self.tokenizer.decode(new)
             if len(text) > len(shown) and text.startswith(shown):
                 yield text[len(shown):]
+        except BaseException:
+            self.reset()  # Ctrl-C may land between the cache update and its token list: start clean
+            raise
         finally:
             stats.total_s = time.perf_counter() - t0
