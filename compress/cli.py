@@ -188,10 +188,10 @@ def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
 __import__("compress.quantize.cli", fromlist=["register"]).register(app)  # issue #3: compress quantize
 __import__("export.cli", fromlist=["register"]).register(app)  # issue #4: compress export (export/cli.py)
 __import__("compress.harness.cli", fromlist=["register"]).register(app)  # issue #5: bench, report, check, profiles
-__import__("compress.prune.cli", fromlist=["register"]).register(app)  # issue #6: compress prune
-__import__("compress.distill.cli", fromlist=["register"]).register(app)  # issue #6: compress distill
 __import__("compress.chat.cli", fromlist=["register"]).register(app)  # issue #7: compress chat
 __import__("compress.pipeline.cli", fromlist=["register"]).register(app)  # issue #7: compress run
+__import__("compress.prune.cli", fromlist=["register"]).register(app)  # issue #6: compress prune
+__import__("compress.distill.cli", fromlist=["register"]).register(app)  # issue #6: compress distill
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,12 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         rc = typer.main.get_command(app).main(args=argv, prog_name="compress", standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into Exit(130) itself, so the except below never sees it
+            err.print("interrupted")
         return rc if isinstance(rc, int) else 0
     except CompressError as e:
         if debug:
             traceback.print_exc()
         err.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
         return e.exit_code
+    except OSError as e:  # disk full, permission denied, ...: the file system's words and the path, one line
+        if debug:
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        err.print(Text("error: ", style="red") + Text(f"{e.strerror or e}{where}"), highlight=False, soft_wrap=True)
+        return 2
     except _cx.ClickException as e:
         e.show()
         return e.exit_code

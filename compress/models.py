@@ -76,7 +76,7 @@ def resolve_model(spec: str | Path) -> ModelSource:
 ArtifactLoader = Callable[[Path, Any], LoadedModel]
 _ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
 # stage -> module that registers its loader on import (imported on demand, keeping startup light)
-_STAGE_MODULES = {"quantize": "compress.quantize"}
+_STAGE_MODULES = {"quantize": "compress.quantize.artifact"}
 
 
 def register_artifact_loader(stage: str, loader: ArtifactLoader) -> None:

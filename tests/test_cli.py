@@ -288,3 +288,19 @@ def test_info_on_a_truncated_artifact_exits_2(tmp_path, run_cli):
     rc, out, err = run_cli("info", art)
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and "result.json" in err and "corrupt artifact" in err
+
+
+def test_a_file_system_error_is_one_line_naming_the_path(tmp_path, run_cli, monkeypatch):
+    """Disk full (or permission denied) inside any command: the OS's words and the path, exit 2, no traceback."""
+    import errno
+
+    import compress.fetch
+
+    def full(cfg, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "a" / "manifest.json"))
+
+    monkeypatch.setattr(compress.fetch, "fetch", full)
+    rc, _, err = run_cli("fetch", "smollm2-135m", "--force")
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "manifest.json" in lines[0], err

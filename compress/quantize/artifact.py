@@ -111,3 +111,12 @@ def load_quantized(folder: Path, manifest) -> Any:
     tok = AutoTokenizer.from_pretrained(str(folder))
     return LoadedModel(model, tok, ModelSource(str(folder), "hf_dir", folder), manifest.content_id,
                        {"quantization": info.get("scheme")})
+
+
+def _register() -> None:
+    from ..models import register_artifact_loader
+
+    register_artifact_loader("quantize", load_quantized)
+
+
+_register()
