@@ -185,3 +185,21 @@ def test_a_real_run_checks_every_stage_before_running_any(tmp_path, run_cli):
     rc, out, err = run_cli("run", recipe)
     assert rc == 2 and "unknown profile 'fone'" in err and "did you mean 'phone'" in err
     assert not (tmp_path / "work" / "quantize-q8").exists()  # refused before the first stage
+
+
+def test_prune_and_distill_feed_the_rest_of_the_recipe(tmp_path, run_cli):
+    recipe = small(tmp_path, prune={"method": "depth", "layers": 1, "samples": 4, "seq_len": 64, "eval_tokens": 0},
+                   distill={"steps": 4, "seq_len": 32, "batch": 2, "warmup": 1, "checkpoint_every": 2,
+                            "eval_every": 2, "eval_tokens": 64})
+    r = load_recipe(recipe)
+    assert [s.key for s in r.steps][:3] == ["prune", "distill", "quantize-q8"]
+    assert r.step("distill").config.student == str(r.step("prune").out)
+    assert r.step("quantize-q8").inputs == ("distill",) and r.step("export-onnx").inputs == ("distill",)
+    rc, out, err = run_cli("run", recipe)
+    assert rc == 0, err
+    assert out.count("ran in") == 5
+    work = tmp_path / "work"
+    assert read_manifest(work / "quantize-q8").input_id == read_manifest(work / "distill").content_id
+    assert json.loads((work / "export-onnx" / "config.json").read_text())["num_hidden_layers"] == 1
+    rc, out, err = run_cli("run", recipe)
+    assert "nothing to do: all 5 stages were already done (cached)" in out
