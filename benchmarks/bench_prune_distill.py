@@ -154,18 +154,29 @@ def train(args) -> None:
     st.setdefault("chunks", []).append({"rc": rc, "resume": resume, "command": res["commands"][-1]["command"],
                                         "wall_s": res["commands"][-1]["wall_s"]})
     save(res)
+    if rc == 0:
+        score_student(res, args.student)
 
 
-def finish(args) -> None:
-    res = load()
-    st = res["students"][args.student]
-    kd = WORK / f"{args.student}-kd"
+def score_student(res: dict, name: str) -> None:
+    """After-distillation perplexity (same tokens as teacher and pruned) and recovery."""
+    st = res["students"][name]
+    kd = WORK / f"{name}-kd"
     rep = json.loads((kd / "manifest.json").read_text())["report"]
     st["distill_report"] = {k: rep[k] for k in ("steps", "tokens_seen", "epochs", "tokens_per_s", "seconds",
                                                 "teacher_share_of_step", "resumed_at", "eval", "params")}
     st["after_ppl"] = perplexity(res, kd)
     b, a, t = st["before_ppl"], st["after_ppl"], res["teacher_ppl"]
     st["recovery"] = (b - a) / (b - t)
+    save(res)
+
+
+def finish(args) -> None:
+    res = load()
+    st = res["students"][args.student]
+    kd = WORK / f"{args.student}-kd"
+    if "after_ppl" not in st:
+        score_student(res, args.student)
     q = WORK / f"{args.student}-kd-int4"
     if not (q / "manifest.json").is_file():
         run(res, ["quantize", kd, "--scheme", "int4-gptq", "--group-size", "32", "--samples", "16", "--seq-len", "256",
