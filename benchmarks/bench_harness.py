@@ -78,12 +78,39 @@ def bench(model: str, profile: str, extra: list[str]) -> Path:
     return out
 
 
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def table(run_dirs: list[Path]) -> None:
-    """Markdown of the runs' parity and latency tables (from report.md) with the run's command line."""
+    """One compact Markdown table per run (accuracy + latency + roofline + budgets) for RESULTS.md."""
     for run in run_dirs:
-        print((run / "report" / "report.md").read_text())
         m = json.loads((run / "manifest.json").read_text())
-        print(f"config: `{json.dumps(m['config'])}`\n")
+        rep = m["report"]
+        rows = [json.loads(x) for x in (run / "rows.jsonl").read_text().splitlines() if x.strip()]
+        prof = rep["profile"]
+        print(f"### {run.name}: profile {prof['name']} ({prof['threads']} threads requested, {rep['threads_used']} used; "
+              f"memory {prof['memory_budget_mb']} MB, storage {prof['storage_budget_mb']} MB)\n")
+        if "tokens" in rep:
+            print(f"Reference {rep['reference']} (perplexity {rep['reference_perplexity']:.3f}); {rep['tokens']} tokens of "
+                  f"{rep['data']} in {rep['windows']} windows; MC examples {rep['mc_examples']}.")
+        print(f"Bandwidth {rep.get('bandwidth_gb_s', 0):.1f} GB/s; load average {rep['load_average_start'][0]:.2f} at "
+              f"start, {rep['load_average_end'][0]:.2f} at end.\n")
+        print("| artifact | runtime | size MB | ppl | ppl ratio | KL | top-1 | MC mean | decode tok/s [min-max] | "
+              "TTFT ms | prefill tok/s | load s | peak RSS MB | MB read/token | of roofline | fits |")
+        print("|" + "---|" * 16)
+        for r in rows:
+            fits = {True: "yes", False: "NO", None: "-"}
+            verdict = f"{fits[r.get('fits_storage')]}/{fits[r.get('fits_memory')]}"
+            dec = (f"{r['decode_tok_s']:.1f} [{r['decode_tok_s_min']:.1f}-{r['decode_tok_s_max']:.1f}]"
+                   if r.get("decode_tok_s") else "-")
+            print(f"| {r['label']} | {r['runtime']} | {r['file_mb']:.1f} | {_fmt(r.get('perplexity'), '.3f')} | "
+                  f"{_fmt(r.get('perplexity_ratio'), '.4f')} | {_fmt(r.get('kl'), '.4f')} | {_fmt(r.get('top1'), '.1%')} | "
+                  f"{_fmt(r.get('mc_mean'), '.1%')} | {dec} | {_fmt(r.get('ttft_s') and r['ttft_s'] * 1000, '.0f')} | "
+                  f"{_fmt(r.get('prefill_tok_s'), '.0f')} | {_fmt(r.get('load_s'), '.2f')} | "
+                  f"{_fmt(r.get('peak_rss_mb'), '.0f')} | {_fmt(r.get('bytes_per_token') and r['bytes_per_token'] / 1e6, '.1f')} | "
+                  f"{_fmt(r.get('roofline_fraction'), '.0%')} | {verdict} |")
+        print()
 
 
 def main(argv: list[str] | None = None) -> int:
