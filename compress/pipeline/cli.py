@@ -14,8 +14,6 @@ from rich.console import Console
 
 def chat_hint(recipe) -> str | None:
     """The export to try first: the smallest GGUF (llama.cpp starts fastest), else any export."""
-    from .recipe import Recipe  # noqa: F401  (type only)
-
     exports = [s for s in recipe.steps if s.kind in ("export-gguf", "export-onnx") and s.out.is_dir()]
     if not exports:
         return None
