@@ -44,11 +44,11 @@ SMOLLM2 = [
 # export benchmark; SmolLM2's rows show both formats)
 GEMMA3 = [
     ("int8", "quantize {m} --scheme int8 --eval-tokens 0 --out {o}"),
-    ("int4-rtn-g64", "quantize {m} --scheme int4-rtn --group-size 64 --symmetric --eval-tokens 0 --out {o}"),
+    ("int4-rtn-g128", "quantize {m} --scheme int4-rtn --group-size 128 --symmetric --eval-tokens 0 --out {o}"),
     ("gguf-Q8_0", "export {m} --format gguf --qtype Q8_0 --out {o}"),
     ("gguf-Q4_0", "export {m} --format gguf --qtype Q4_0 --out {o}"),
     ("onnx-fp32", "export {m} --format onnx --qtype fp32 --out {o}"),
-    ("onnx-int4", "export {a}/int4-rtn-g64 --format onnx --qtype int4 --out {o}"),
+    ("onnx-int4", "export {a}/int4-rtn-g128 --format onnx --qtype int4 --out {o}"),
 ]
 PLANS = {"smollm2-135m": SMOLLM2, "gemma3-270m": GEMMA3}
 

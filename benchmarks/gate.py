@@ -29,27 +29,15 @@ SHAPE = {"num_attention_heads": 6, "num_key_value_heads": 2}
 def build_artifacts(work: Path, perturb: float = 0.0) -> list[str]:
     """The tiny reference and its four artifacts as LABEL=PATH specs. ``perturb`` adds Gaussian noise of
     that relative size to the reference's weights before quantizing (a degraded pipeline, same labels)."""
-    import torch
-
     from compress.quantize import QuantConfig, run_quantize
     from export.gguf import GGUFConfig, export_gguf
     from export.onnx import OnnxConfig, export_onnx
-    from tiny import save_tiny
+    from tiny import save_perturbed, save_tiny
 
     ref = save_tiny(work / "reference", "llama", seed=0, **SHAPE)
     src = ref
     if perturb:
-        from tiny import build_model, build_tokenizer
-
-        model = build_model("llama", seed=0, **SHAPE)
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.dim() == 2 and "embed" not in name:
-                    p.add_(torch.randn(p.shape, generator=gen) * p.std() * perturb)
-        src = work / "perturbed"
-        model.save_pretrained(src)
-        build_tokenizer(add_bos=False).save_pretrained(src)
+        src = save_perturbed(work / "perturbed", perturb, "llama", seed=0, **SHAPE)
     q4 = run_quantize(str(src), QuantConfig(scheme="int4-rtn", group_size=32, eval_tokens=0), work / "int4-rtn")
     q8 = run_quantize(str(src), QuantConfig(scheme="int8", eval_tokens=0), work / "int8")
     gguf = export_gguf(str(src), GGUFConfig(qtype="Q8_0"), work / "gguf-q8_0").parent

@@ -130,15 +130,23 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> StageCon
     return _REGISTRY[kind].from_dict(data, where=where)
 
 
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """Parse a YAML (or JSON) file a user gave us; every way it can be unreadable is one ConfigError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} does not exist")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file") from None
+
+
 def load_config_file(path: str | Path, expect: type[C] | None = None) -> C | StageConfig:
     """Read a YAML/JSON config file; with ``expect``, the file may omit ``type``."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml_file(p, "config file")
     if data is None:
         raise ConfigError(f"{p}: config file is empty")
     if expect is not None:

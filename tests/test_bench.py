@@ -38,24 +38,14 @@ def tiny_pipeline(perturb: float = 0.0) -> dict[str, Path]:
     from compress.quantize import QuantConfig, run_quantize
     from export.gguf import GGUFConfig, export_gguf
     from export.onnx import OnnxConfig, export_onnx
-    from tiny import build_model, build_tokenizer
+    from tiny import save_perturbed, save_tiny
 
     torch.set_num_threads(1)
     work = _WORK / f"pipeline-{perturb}"
-    model = build_model("llama", seed=0, **SHAPE)
-    ref = work / "reference"
-    model.save_pretrained(ref)
-    build_tokenizer(add_bos=False).save_pretrained(ref)
+    ref = save_tiny(work / "reference", "llama", seed=0, **SHAPE)
     src = ref
     if perturb:  # a tests-only degraded model: Gaussian noise on every matrix, then the same pipeline
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.dim() == 2 and "embed" not in name:
-                    p.add_(torch.randn(p.shape, generator=gen) * p.std() * perturb)
-        src = work / "perturbed"
-        model.save_pretrained(src)
-        build_tokenizer(add_bos=False).save_pretrained(src)
+        src = save_perturbed(work / "perturbed", perturb, "llama", seed=0, **SHAPE)
     return {"reference": ref,
             "int8": run_quantize(str(src), QuantConfig(scheme="int8", eval_tokens=0), work / "int8"),
             "q8_0": export_gguf(str(src), GGUFConfig(qtype="Q8_0"), work / "q8_0").parent,

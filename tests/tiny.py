@@ -72,3 +72,17 @@ def save_tiny(path: Path, arch: str = "llama", seed: int = 0, **overrides) -> Pa
     model.save_pretrained(path)
     build_tokenizer(add_bos=(arch == "gemma3")).save_pretrained(path)
     return path
+
+
+def save_perturbed(path: Path, rel_noise: float, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """The tiny model of ``save_tiny`` with Gaussian noise of ``rel_noise`` x each matrix's std added to
+    every non-embedding matrix: a tests-only degraded model for regression gates."""
+    model = build_model(arch, seed, **overrides)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.add_(torch.randn(p.shape, generator=gen) * p.std() * rel_noise)
+    model.save_pretrained(path)
+    build_tokenizer(add_bos=(arch == "gemma3")).save_pretrained(path)
+    return path

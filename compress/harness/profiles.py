@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from compress.config import suggest
+from compress.config import read_yaml_file, suggest
 from compress.errors import ConfigError
 from runtimes.base import DeviceProfile
 
@@ -46,12 +45,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     elif not (p.suffix in (".yaml", ".yml") or p.exists()):
         raise ConfigError(f"unknown profile {s!r}{suggest(s, known)}; known: {', '.join(known)} "
                           "(or give a path to a YAML file)")
-    if not p.is_file():
-        raise ConfigError(f"{p}: profile file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml_file(p, "profile file")
     return profile_from_dict(data, where=str(p), default_name=p.stem)
 
 

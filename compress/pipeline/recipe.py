@@ -26,9 +26,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ..config import StageConfig, suggest
+from ..config import StageConfig, read_yaml_file, suggest
 from ..errors import ConfigError
 from .stages import STAGES, config_class
 
@@ -78,14 +77,7 @@ class Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and cross-check a recipe (names, wiring, configs); no file other than the recipe is read."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: recipe file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file") from None
+    data = read_yaml_file(p, "recipe file")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a recipe is a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:
