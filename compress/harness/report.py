@@ -77,46 +77,63 @@ def _header(meta) -> list[str]:
     return out
 
 
+_SPECS = {"quality_vs_size": ("file size (MB)", "file_mb", False),
+          "quality_vs_decode": ("decode speed (tokens/s)", "decode_tok_s", True)}
+
+
 def plots(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     """quality vs size and quality vs decode speed, the Pareto front highlighted, points labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    have_q = [r for r in rows if r.get("perplexity_ratio") is not None]
-    specs = [("quality_vs_size", "file size (MB)", "file_mb", False),
-             ("quality_vs_decode", "decode speed (tokens/s)", "decode_tok_s", True)]
     made = {}
-    for name, xlabel, key, higher_better in specs:
-        pts = [r for r in have_q if r.get(key) is not None]
-        if len(pts) < 1:
+    for name in _SPECS:
+        fig, _ = quality_figure(rows, name)
+        if fig is None:
             continue
-        fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-        xs, ys = [r[key] for r in pts], [r["perplexity_ratio"] for r in pts]
-        front = pareto(xs, ys, higher_better)
-        for i, r in enumerate(pts):
-            on = i in front
-            ax.scatter(xs[i], ys[i], s=60 if on else 30, color="tab:red" if on else "tab:blue", zorder=3,
-                       edgecolor="black" if on else "none")
-            ax.annotate(f"{r['label']} ({r['runtime']})", (xs[i], ys[i]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
-        fx = sorted(front, key=lambda i: xs[i])
-        ax.plot([xs[i] for i in fx], [ys[i] for i in fx], color="tab:red", lw=1.2, ls="--", zorder=2,
-                label="Pareto front")
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("perplexity ÷ reference perplexity (lower is better)")
-        better = "right" if higher_better else "left"
-        ax.set_title(f"quality vs {xlabel.split(' (')[0]} ({better} and lower is better)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
-        fig.tight_layout()
         path = out / f"{name}.png"
         fig.savefig(path)
         plt.close(fig)
         made[name] = path
     return made
+
+
+def quality_figure(rows: list[dict[str, Any]], name: str):
+    """(figure, label annotations) of plot ``name`` (a key of ``_SPECS``), or (None, []) without points.
+
+    The legend sits outside the axes and the layout is fixed before the labels are placed, so the
+    label boxes measured during placement are the ones saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .labels import place_labels
+
+    xlabel, key, higher_better = _SPECS[name]
+    pts = [r for r in rows if r.get("perplexity_ratio") is not None and r.get(key) is not None]
+    if not pts:
+        return None, []
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    xs, ys = [r[key] for r in pts], [r["perplexity_ratio"] for r in pts]
+    front = pareto(xs, ys, higher_better)
+    for i in range(len(pts)):
+        on = i in front
+        ax.scatter(xs[i], ys[i], s=60 if on else 30, color="tab:red" if on else "tab:blue", zorder=3,
+                   edgecolor="black" if on else "none")
+    fx = sorted(front, key=lambda i: xs[i])
+    ax.plot([xs[i] for i in fx], [ys[i] for i in fx], color="tab:red", lw=1.2, ls="--", zorder=2,
+            label="Pareto front")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="reference")
+    ax.margins(x=0.12, y=0.15)  # room for the labels of points at the edges
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("perplexity ÷ reference perplexity (lower is better)")
+    better = "right" if higher_better else "left"
+    ax.set_title(f"quality vs {xlabel.split(' (')[0]} ({better} and lower is better)")
+    ax.grid(alpha=0.3)
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)
+    fig.tight_layout()
+    labels = place_labels(ax, xs, ys, [f"{r['label']} ({r['runtime']})" for r in pts], avoid=[legend])
+    return fig, labels
 
 
 def pareto(xs: list[float], ys: list[float], higher_x_better: bool) -> set[int]:
