@@ -107,7 +107,8 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 "model_file": MODEL_FILE, "architecture": spec.name, "precision": cfg.precision,
                 "layers": len(dims.layers), "hidden": dims.hidden, "vocab": dims.vocab, "max_length": length,
                 "plan": plan.summary(), "ops": _op_counts(target), "export_s": round(export_s, 2),
-                "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__}
+                "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
+                **_input_fields(artifact)}
             if cfg.ort_format:
                 step("converting to .ort")
                 ort_path = to_ort_format(target, art.path)
@@ -135,6 +136,12 @@ def _load(artifact: str | Path):
 
 def _input_id(artifact: str | Path) -> str | None:
     """The input id without loading weights, where a manifest gives it (for resuming)."""
+    m = _input_manifest(artifact)
+    return m.content_id if m else None
+
+
+def _input_manifest(artifact: str | Path):
+    """The manifest of the folder ``artifact`` names (a bundled model's cache folder), if it has one."""
     from compress.models import resolve_model
 
     try:
@@ -147,9 +154,20 @@ def _input_id(artifact: str | Path) -> str | None:
             folder = src.path
         else:
             return None
-        return read_manifest(folder).content_id if (folder / MANIFEST).is_file() else None
+        return read_manifest(folder) if (folder / MANIFEST).is_file() else None
     except CompressError:
         return None
+
+
+def _input_fields(artifact: str | Path) -> dict[str, Any]:
+    """``input`` and ``input_stage`` for the report, as the GGUF export writes them: bench follows
+    ``input`` back to the bundled model to pick its reference. The input id alone is not enough: it
+    changes when a bundled model is fetched again. A path is recorded absolute so that a bench run
+    from another directory still finds it; a bundled or hub name is kept as given."""
+    spec = str(artifact)
+    p = Path(spec).expanduser()
+    m = _input_manifest(artifact)
+    return {"input": str(p.absolute()) if p.exists() else spec, "input_stage": m.stage if m else None}
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
