@@ -4,7 +4,17 @@
     prune("smollm2-135m", PruneConfig(method="depth", layers=20), "out/smol-20l")
 """
 
-from .config import PruneConfig
-from .run import prune
+from .config import PruneConfig  # light: registers the config type that recipes name
+
+
+def __getattr__(name: str):
+    # prune() needs torch: imported on first use so `compress --help` and `compress chat` do not pay for
+    # it (PEP 562 module __getattr__, as in compress.quantize)
+    if name == "prune":
+        from .run import prune
+
+        return prune
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["PruneConfig", "prune"]
