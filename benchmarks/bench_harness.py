@@ -71,9 +71,9 @@ def artifacts(model: str, only: list[str]) -> None:
         print(f"  {label}: {dt:.0f} s", flush=True)
 
 
-def bench(model: str, profile: str, extra: list[str]) -> Path:
+def bench(model: str, profile: str, extra: list[str], tag: str = "") -> Path:
     arts = [f"{label}={ART / model / label}" for label, _ in PLANS[model] if (ART / model / label).exists()]
-    out = ART / "runs" / f"{model}-{profile}"
+    out = ART / "runs" / f"{model}-{profile}{'-' + tag if tag else ''}"
     _run(["bench", *arts, "--profile", profile, "--out", str(out), "--force", "--report", *extra])
     return out
 
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench")
     b.add_argument("--model", required=True, choices=sorted(PLANS))
     b.add_argument("--profile", default="laptop")
+    b.add_argument("--tag", default="", help="suffix of the run directory (e.g. latency for a --no-accuracy run)")
     b.add_argument("extra", nargs=argparse.REMAINDER)
     t = sub.add_parser("table")
     t.add_argument("runs", nargs="+", type=Path)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "artifacts":
         artifacts(args.model, args.only)
     elif args.cmd == "bench":
-        bench(args.model, args.profile, [x for x in args.extra if x != "--"])
+        bench(args.model, args.profile, [x for x in args.extra if x != "--"], args.tag)
     else:
         table(args.runs)
     return 0
