@@ -13,6 +13,7 @@ the last position's logits only (``logits_to_keep``), so decode pays for one voc
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,8 +24,12 @@ from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation
 
+log = logging.getLogger(__name__)
+
 STAGE = "export-onnx"
 INSTALL = "pip install onnxruntime"
+XNNPACK = "XnnpackExecutionProvider"
+CPU = "CPUExecutionProvider"
 
 
 def _ort():
@@ -35,16 +40,53 @@ def _ort():
     return onnxruntime
 
 
-def make_session(path: str | Path, threads: int):
-    """A CPU session with every graph optimization, ``threads`` intra-op threads and no inter-op pool."""
+def execution_providers(threads: int) -> list:
+    """XNNPACK first where this onnxruntime build has it (the Android/iOS packages, builds with
+    ``--use_xnnpack``), then the CPU provider for the nodes XNNPACK does not take (GroupQueryAttention,
+    MatMulNBits and the other contrib ops); the CPU provider alone otherwise (the PyPI wheels).
+
+    >>> execution_providers(4)        # on a build with XNNPACK
+    [('XnnpackExecutionProvider', {'intra_op_num_threads': '4'}), 'CPUExecutionProvider']
+    """
+    if XNNPACK in _ort().get_available_providers():
+        return [(XNNPACK, {"intra_op_num_threads": str(threads)}), CPU]
+    return [CPU]
+
+
+def make_session(path: str | Path, threads: int, providers: list | None = None):
+    """A session with every graph optimization, ``threads`` intra-op threads and no inter-op pool, on
+    ``providers`` (default :func:`execution_providers`). Which provider it got: :func:`session_provider`."""
     ort = _ort()
+    providers = execution_providers(threads) if providers is None else providers
+    xnnpack = XNNPACK in map(provider_name, providers)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # warnings about the folded fp16 casts are expected, not news
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    if xnnpack:
+        # XNNPACK runs its own thread pool beside onnxruntime's; spinning threads of one pool would
+        # steal the cores the other needs (onnxruntime's XNNPACK guide). The intra-op pool keeps its
+        # threads: a decoder's heaviest nodes are contrib ops that only the CPU provider runs.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:
+        if not xnnpack:
+            raise
+        log.warning("%s: the XNNPACK provider failed (%s); running on the CPU provider", path, e)
+        return make_session(path, threads, [CPU])
+
+
+def provider_name(provider: str | tuple[str, dict]) -> str:
+    """The name of an entry of a providers list (a name, or a (name, options) pair)."""
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
+def session_provider(session) -> str:
+    """The provider the session put first (the one that takes every node it supports)."""
+    return session.get_providers()[0]
 
 
 class OnnxDecoder:
@@ -53,6 +95,7 @@ class OnnxDecoder:
     def __init__(self, session, max_length: int | None = None) -> None:
         ort = self._ort = _ort()
         self.session = session
+        self.provider = session_provider(session)
         self.max_length = max_length  # positions the graph's rotary tables cover
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
@@ -143,6 +186,11 @@ class OnnxRuntime:
 
     def generate(self, token_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> Generation:
         return self.decoder.generate(token_ids, max_new_tokens, stop_ids)
+
+    @property
+    def provider(self) -> str | None:
+        """The execution provider the loaded session runs on (``XnnpackExecutionProvider``, ...)."""
+        return self.decoder.provider if self.decoder else None
 
     def version(self) -> str:
         return _ort().__version__

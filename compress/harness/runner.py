@@ -123,9 +123,12 @@ def _base_row(t: Target, runtime: str, requested, profile, note: str) -> dict[st
     if runtime == "onnxruntime":
         import onnxruntime
 
-        # the PyPI build offers only the CPU provider; say which one ran and whether XNNPACK existed
-        row["execution_provider"] = "CPUExecutionProvider"
-        row["xnnpack_available"] = "XnnpackExecutionProvider" in onnxruntime.get_available_providers()
+        from runtimes.onnx_runtime import XNNPACK, execution_providers, provider_name
+
+        # the provider the runtime will choose; the accuracy and latency phases overwrite it with the
+        # one their sessions actually got (an XNNPACK session that fails falls back to the CPU)
+        row["execution_provider"] = provider_name(execution_providers(profile.threads)[0])
+        row["xnnpack_available"] = XNNPACK in onnxruntime.get_available_providers()
     return row
 
 
@@ -148,6 +151,8 @@ def _accuracy(cfg, reference, pairs, plan, tokenizer, profile, rows) -> dict[str
     for key, rt in loaded.items():
         row = rows[key]
         row.update(runtime_version=rt.version(), **text[key], perplexity_ratio=text[key]["perplexity"] / ref_ppl)
+        if getattr(rt, "provider", None):
+            row["execution_provider"] = rt.provider
         row["mc"] = score_mc(rt, tokenizer, plan, cfg.mc_limit) if plan.tasks else {}
         row["mc_mean"] = sum(row["mc"].values()) / len(row["mc"]) if row["mc"] else None
     return {"reference_id": ref.loaded.model_id, "reference_perplexity": ref_ppl, "tokens": text[None]["tokens"],
@@ -186,6 +191,8 @@ def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float
                            "reps": len(runs), "warmup": cfg.warmup, "prompt_tokens": len(prompt),
                            "new_tokens": runs[0]["new_tokens"], "peak_rss_mb": round(res["peak_rss_mb"], 1),
                            "rss_start_mb": round(res["rss_start_mb"], 1)}
+    if res.get("execution_provider"):
+        out["execution_provider"] = res["execution_provider"]
     for k in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
         vals = [r[k] for r in runs]
         out[k], out[k + "_min"], out[k + "_max"] = statistics.median(vals), min(vals), max(vals)

@@ -89,7 +89,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                      "decode_tok_s": g.decode_tokens_per_s, "new_tokens": len(g.new_ids), "total_s": g.total_s})
     return {"runtime": rt.name, "runtime_version": rt.version(), "load_s": load_s, "runs": runs,
             "new_ids": g.new_ids, "bytes_per_token": bytes_per_token(rt, len(prompt) + new / 2),
-            "rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()}
+            "rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(),
+            "execution_provider": getattr(rt, "provider", None)}
 
 
 def main(argv: list[str]) -> int:
