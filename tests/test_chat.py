@@ -141,6 +141,17 @@ def test_profile_threads_apply(onnx_export, tmp_path, run_cli):
     assert rc == 0, err
 
 
+def test_profile_threads_are_clamped_to_the_cores(onnx_export, tmp_path, run_cli, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    prof = tmp_path / "many.yaml"
+    prof.write_text("name: many\nthreads: 64\nmemory_budget_mb: 100000\n")
+    rc, out, err = run_cli("chat", onnx_export, "--profile", prof, "--once", "hi", "--max-new-tokens", "3")
+    assert rc == 0, err
+    assert "profile asks for 64 threads; this machine has 2 cores, ran 2" in err
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "gguf"])
 def test_hostile_template_inside_an_export_exits_2(fmt, chat_model, tmp_path, run_cli):
     from export.gguf import GGUFConfig, export_gguf

@@ -48,10 +48,17 @@ def run_chat(artifact: Path, cfg, *, profile_name: str | None = None, once: str 
     threads = cfg.threads
     if profile_name is not None:
         from compress.harness import load_profile
+        from compress.harness.profiles import effective_threads
 
         profile = load_profile(profile_name)
         check_budget(artifact, profile)
-        threads = threads or profile.threads
+        if threads is None:
+            # the bench's rule: a 4-thread phone profile on a 2-core laptop would time the OS scheduler
+            # (llama.cpp's spinning pool collapses when oversubscribed), so run at most one thread a core
+            profile, note = effective_threads(profile)
+            if note:
+                print(f"[{note}]", file=sys.stderr)
+            threads = profile.threads
     backend = open_backend(artifact, cfg, threads=threads or 2)
     session = ChatSession(backend, cfg)
     if once is None:
