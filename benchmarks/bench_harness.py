@@ -48,7 +48,10 @@ GEMMA3 = [
     ("gguf-Q8_0", "export {m} --format gguf --qtype Q8_0 --out {o}"),
     ("gguf-Q4_0", "export {m} --format gguf --qtype Q4_0 --out {o}"),
     ("onnx-fp32", "export {m} --format onnx --qtype fp32 --out {o}"),
-    ("onnx-int4", "export {a}/int4-rtn-g128 --format onnx --qtype int4 --out {o}"),
+    # int8 activations inside MatMulNBits (the default accuracy level 4) fail the export's own validation
+    # on Gemma3 (top-1 89.1% < 90% against PyTorch on the same integers: Gemma's activation outliers), so
+    # the kernel computes in float here; the 262k x 640 lm_head in int8 instead of float32 (671 MB)
+    ("onnx-int4", "export {a}/int4-rtn-g128 --format onnx --qtype int4 --accuracy-level 0 --lm-head int8 --out {o}"),
 ]
 PLANS = {"smollm2-135m": SMOLLM2, "gemma3-270m": GEMMA3}
 
