@@ -181,3 +181,20 @@ def test_config_round_trips_and_rejects_bad_values():
         QuantConfig(scheme="int8", budget_bits=6.0)
     assert QuantConfig(scheme="int8").effective_group_size == 0
     assert QuantConfig(scheme="int4-rtn").effective_group_size == 128
+
+
+def test_stored_reference_logits_score_exactly_like_a_copy_of_the_model(tiny_llama_dir, tmp_path):
+    import copy
+
+    from compress.data import load_text
+    from compress.quantize.scoring import score_against, store_logits
+
+    cfg = QuantConfig(scheme="int4-gptq", group_size=32, **FAST)
+    lm = load_model(tiny_llama_dir)
+    reference = copy.deepcopy(lm.model)
+    stored = store_logits(lm.model, lm.tokenizer, cfg.calib, 1100, where=tmp_path)  # 3 windows
+    quantize_(lm.model, cfg, calibration_ids(lm.tokenizer, load_text(cfg.calib), samples=4, seq_len=32))
+    from_disk = score_against(lm.model, stored, lm.tokenizer, cfg.calib, 1100)
+    stored.close()
+    assert from_disk == score_against(lm.model, reference, lm.tokenizer, cfg.calib, 1100)
+    assert from_disk["kl"] > 0 and not list(tmp_path.iterdir())  # the logits file leaves no name behind

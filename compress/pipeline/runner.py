@@ -178,14 +178,9 @@ def peak_rss_mb() -> float:
 def _release_memory() -> None:
     """Hand the finished stage's freed memory back to the OS: without it the next stage's peak stacks on
     the previous one's (glibc keeps freed heap pages; measured +400 MB over the default recipe)."""
-    import ctypes
-    import gc
+    from ..memory import release_memory
 
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
+    release_memory()
 
 
 def _actual_id(step: Step, expected: str | None) -> str | None:

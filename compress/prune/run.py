@@ -53,7 +53,8 @@ def prune(model_spec: str, cfg: PruneConfig, out_dir: str | Path, *, force: bool
     with the same content id (same input, same config) is kept."""
     from ..models import load_model
     from ..quantize.calibrate import calibration_ids
-    from ..quantize.run import peak_rss_mb, score_against
+    from ..quantize.run import peak_rss_mb
+    from ..quantize.scoring import score_against
 
     cfg.require_target()
     out = Path(out_dir).absolute()

@@ -93,17 +93,22 @@ def load_quantized(folder: Path, manifest) -> Any:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     raw = load_file(str(folder / WEIGHTS))
     state = {k: v for k, v in raw.items() if not (k.endswith(_SUFFIXES) and k.rsplit(".", 1)[0] in info["layers"])}
-    qts = {name: _qtensor(name, meta, raw) for name, meta in info["layers"].items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    expected_missing = {f"{n}.weight" for n in qts}
+    del state
+    expected_missing = {f"{n}.weight" for n in info["layers"]}
     if info.get("tied"):
         expected_missing |= {k for k in missing if k.startswith("lm_head.")}
     bad = sorted(set(missing) - expected_missing)
     if bad or unexpected:
         raise ArtifactError(f"{folder / WEIGHTS}: does not match config.json (missing {bad[:5]}, "
                             f"unexpected {sorted(unexpected)[:5]})")
-    for name, qt in qts.items():
-        apply_qtensor(model, name, qt, activations=info["layers"][name].get("activations"))
+    # one copy of the model: each layer's integers are unpacked, put in and dropped in turn, and the
+    # file's tensors are let go as soon as they have been copied into the model
+    for name, meta in info["layers"].items():
+        apply_qtensor(model, name, _qtensor(name, meta, raw), activations=meta.get("activations"))
+        for suffix in _SUFFIXES:
+            raw.pop(f"{name}{suffix}", None)
+    del raw
     if info.get("tied"):
         model.tie_weights()
     model.eval()

@@ -125,10 +125,18 @@ def single_thread() -> Iterator[None]:
 class QTensor:
     """A quantized matrix: integers, fp16 scales, optional zeros, and the grid they live on."""
 
-    q: torch.Tensor  # int32 [out, in], unpacked
+    q: torch.Tensor  # [out, in], unpacked; kept in the grid's storage dtype (uint8, or int8 for symmetric int8)
     scale: torch.Tensor  # float16 [out, in / group_size]
     zero: torch.Tensor | None  # uint8 [out, in / group_size], only when asymmetric
     grid: Grid
+
+    def __post_init__(self) -> None:
+        # One byte per integer, not int32: quantize_ holds every layer's QTensor until the artifact is
+        # written, and as int32 they weighed as much as the fp32 model (425 MB on SmolLM2-135M).
+        # Every value is on the grid (qrange), so the narrower type is exact.
+        dtype = torch.int8 if self.grid.bits == 8 and self.grid.symmetric else torch.uint8
+        if self.q.dtype != dtype:
+            self.q = self.q.to(dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -158,7 +166,7 @@ class QTensor:
             q = torch.stack([qweight & 0x0F, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
         else:
             q = qweight
-        return cls(q.to(torch.int32), tensors[f"{name}.scales"], tensors.get(f"{name}.zeros"), grid)
+        return cls(q, tensors[f"{name}.scales"], tensors.get(f"{name}.zeros"), grid)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors("x").values())

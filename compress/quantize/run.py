@@ -10,14 +10,12 @@ calibration text shorter than samples x seq_len. The artifact is built in a temp
 
 from __future__ import annotations
 
-import copy
 import logging
 import resource
 import sys
 from pathlib import Path
-from typing import Any
 
-from ..data import load_text, text_windows, tokenize_text, uses_bos
+from ..data import load_text
 from ..errors import ModelLoadError
 from ..manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
 from ..progress import steps
@@ -26,6 +24,7 @@ from .calibrate import calibration_ids
 from .config import QuantConfig
 from .core import quantize_
 from .layers import Plan, check_finite, make_plan
+from .scoring import score_against, store_logits
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +48,6 @@ def peak_rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def score_against(model, reference, tokenizer, data: str, tokens: int) -> dict[str, Any]:
-    """Perplexity of both models and KL(reference || model) on the first ``tokens`` of ``data``."""
-    from runtimes.torch_runtime import TorchRuntime
-
-    from ..evaluate import score_windows
-    from ..models import LoadedModel, ModelSource
-
-    text = load_text(data)
-    ids = tokenize_text(tokenizer, text.text[:tokens * 12], max_tokens=tokens)
-    bos = tokenizer.bos_token_id if uses_bos(tokenizer) else None
-    window = min(512, len(ids) + (bos is not None))
-    windows = text_windows(ids, window=window, stride=window - (bos is not None), bos_id=bos, source=text.name)
-    src = ModelSource("in-memory", "hf_dir")
-    q = TorchRuntime().use(LoadedModel(model, tokenizer, src, "quantized"))
-    r = TorchRuntime().use(LoadedModel(reference, tokenizer, src, "reference"))
-    sq = score_windows(q, windows, reference=r)
-    sr = score_windows(r, windows)
-    return {"data": text.name, "tokens": sq["tokens"], "perplexity_reference": sr["perplexity"],
-            "perplexity": sq["perplexity"], "perplexity_ratio": sq["perplexity"] / sr["perplexity"],
-            "kl": sq["kl"], "top1_agreement": sq["top1_agreement"]}
-
-
 def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False,
                  dry_run: bool = False) -> Path | Plan:
     """Quantize ``model`` into the artifact ``out``; with ``dry_run``, check everything and return the
@@ -78,7 +55,7 @@ def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False
     from ..models import load_model
 
     out = Path(out).absolute()
-    with steps(f"quantize {cfg.scheme}", 5) as step:
+    with steps(f"quantize {cfg.scheme}", 5 + bool(cfg.eval_tokens)) as step:
         step("checking the input")
         refuse_quantized_input(model)
         if not dry_run and not (out.exists() and is_complete(out)):
@@ -98,14 +75,19 @@ def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False
                                     seq_len=cfg.seq_len, seed=cfg.seed)
         if dry_run:
             return plan
-        reference = copy.deepcopy(lm.model) if cfg.eval_tokens else None
         with ArtifactWriter(out, stage="quantize", config=cfg, input_id=lm.model_id, force=force) as art:
+            # one copy of the model: the unquantized logits go to disk now, instead of a deep copy of
+            # the fp32 model kept beside the quantized one (scoring.py)
+            if cfg.eval_tokens:
+                step("scoring the unquantized model")
+            reference = store_logits(lm.model, lm.tokenizer, cfg.calib, cfg.eval_tokens, where=art.path) \
+                if cfg.eval_tokens else None
             step(f"quantizing ({cfg.method})")
             result = quantize_(lm.model, cfg, calib)
             if reference is not None:
                 step("scoring against the unquantized model")
                 result.report["eval"] = score_against(lm.model, reference, lm.tokenizer, cfg.calib, cfg.eval_tokens)
-                del reference
+                reference.close()
             result.report["peak_rss_mb"] = round(peak_rss_mb(), 1)
             result.report["input"] = model
             step("writing the artifact")
