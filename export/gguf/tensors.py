@@ -35,7 +35,6 @@ class SafetensorsFolder:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self._where: dict[str, tuple[Path, dict]] = {}
-        self._maps: dict[Path, np.memmap] = {}
         index = self.folder / "model.safetensors.index.json"
         single = self.folder / "model.safetensors"
         if single.is_file():
@@ -69,10 +68,15 @@ class SafetensorsFolder:
     def raw(self, name: str) -> np.ndarray:
         """The stored array as is (a read-only view of the file; bfloat16 comes back as uint16)."""
         path, info = self._info(name)
-        if path not in self._maps:
-            self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
         start, end = info["abs_offsets"]
-        return self._maps[path][start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+        dtype = _DTYPES[info["dtype"]]
+        if end == start:  # an empty tensor: nothing to map
+            return np.empty(info["shape"], dtype=dtype)
+        # A map of this tensor's bytes alone, unmapped when the array is dropped. One map of the whole
+        # file kept for the export's lifetime held every page it had read resident: the model's full
+        # size of RSS (540 MB for SmolLM2) next to the PyTorch reference that validation loads.
+        mm = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(end - start,))
+        return mm.view(dtype).reshape(info["shape"])
 
     def array(self, name: str) -> np.ndarray:
         """A float32 copy for float tensors (bfloat16 widened exactly); integer tensors as stored."""

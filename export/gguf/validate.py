@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ExportMismatchError, MissingBackendError
+from compress.memory import release_memory
 
 from .arch import rope_rows
 from .config import FIDELITY, Tolerance
@@ -64,16 +65,26 @@ def _dequantized_reference(src: ExportSource) -> tuple[Any, Any]:
     # built on CPU, not on the meta device: non-persistent buffers (rotary frequencies, Gemma's
     # embedding scale) are not in the state dict and would stay empty
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = {}
-    for name in src.logical_names():
-        w = src.weight(name)
-        state[name] = torch.from_numpy(np.ascontiguousarray(w if isinstance(w, np.ndarray) else w.dequantize()))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    names = set(src.logical_names())
+    targets = model.state_dict(keep_vars=True)
     tied = getattr(config, "tie_word_embeddings", False)
-    missing = [m for m in missing if not (tied and m == "lm_head.weight")]
+    missing = [k for k in targets if k not in names and not (tied and k == "lm_head.weight")]
+    unexpected = [n for n in src.logical_names() if n not in targets]
     if missing or unexpected:
         raise ExportMismatchError(f"{src.folder}: cannot rebuild the PyTorch reference "
                                   f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+    # one copy of the model: each tensor is dequantized and copied in on its own, not gathered into a
+    # second full state dict first (in the model's order, as load_state_dict copies)
+    with torch.no_grad():
+        for name, target in targets.items():
+            if name not in names:
+                continue
+            w = src.weight(name)
+            w = np.ascontiguousarray(w if isinstance(w, np.ndarray) else w.dequantize())
+            if tuple(w.shape) != tuple(target.shape):
+                raise ExportMismatchError(f"{src.folder}: {name} is {list(w.shape)} in the artifact, "
+                                          f"{list(target.shape)} in the model its config describes")
+            target.copy_(torch.from_numpy(w))
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(src.folder))
 
@@ -94,6 +105,12 @@ def validate_gguf(path: Path, src: ExportSource, plan: list[TensorPlan], *, tole
     torch.set_num_threads(threads)
     ids = check_ids(tok, check_tokens)
     t = torch_logits(model, ids)
+    # One model in memory at a time: both PyTorch runs first (the artifact's weights, then the file's
+    # put into the same model tensor by tensor), then the model is freed before llama.cpp loads the file.
+    load_gguf_weights(model, path, plan)
+    g = torch_logits(model, ids)
+    del model
+    release_memory()
     with captured_output() as chatter:
         try:
             ll = llamacpp_logits(path, ids, threads=threads)
@@ -105,9 +122,6 @@ def validate_gguf(path: Path, src: ExportSource, plan: list[TensorPlan], *, tole
     if ll.shape != t.shape:
         raise ExportMismatchError(f"{path.name}: llama.cpp returns logits of shape {list(ll.shape)}, "
                                   f"PyTorch {list(t.shape)}")
-    load_gguf_weights(model, path, plan)
-    g = torch_logits(model, ids)
-    del model
     report = compare_logits(t, ll, ids)
     report.update(reference=how, check_tokens=len(ids), min_top1=tolerance.min_top1, max_kl=tolerance.max_kl)
     fidelity = compare_logits(g, ll, ids)
@@ -139,21 +153,33 @@ def load_gguf_weights(model, path: Path, plan: list[TensorPlan]) -> None:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    tensors = {t.name: t for t in GGUFReader(path).tensors}
-    state = {}
-    for p in plan:
-        rt = tensors[p.gguf_name]
-        data = np.array(dequantize(np.asarray(rt.data), rt.tensor_type), dtype=np.float32).reshape(p.shape)
-        if p.scale != 1.0:
-            data = data / np.float32(p.scale)
-        if p.transform == "norm_plus_one":
-            data = data - np.float32(1.0)
-        if p.rope_heads:
-            data = data[np.argsort(rope_rows(p.shape[0], p.rope_heads))]
-        state[p.hf_name] = torch.from_numpy(np.ascontiguousarray(data))
-    _, unexpected = model.load_state_dict(state, strict=False)
+    targets = model.state_dict(keep_vars=True)
+    unexpected = [p.hf_name for p in plan if p.hf_name not in targets]
     if unexpected:
         raise ExportMismatchError(f"{path.name}: tensors {unexpected[:3]} have no place in the PyTorch model")
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    by_name = {p.hf_name: p for p in plan}
+    # One tensor at a time, not a second state dict of the whole model; in the model's own order, as
+    # load_state_dict copies, so a tied matrix ends up holding the same one of its two GGUF tensors.
+    with torch.no_grad():
+        for name, target in targets.items():
+            p = by_name.get(name)
+            if p is None:
+                continue
+            if tuple(target.shape) != tuple(p.shape):
+                raise ExportMismatchError(f"{path.name}: {p.gguf_name} is {list(p.shape)}, the PyTorch model's "
+                                          f"{name} {list(target.shape)}")
+            rt = tensors[p.gguf_name]
+            data = np.asarray(dequantize(np.asarray(rt.data), rt.tensor_type), dtype=np.float32).reshape(p.shape)
+            if not data.flags.writeable:  # a float tensor comes back as a view of the read-only file map
+                data = data.copy()
+            if p.scale != 1.0:
+                data = data / np.float32(p.scale)
+            if p.transform == "norm_plus_one":
+                data = data - np.float32(1.0)
+            if p.rope_heads:
+                data = data[np.argsort(rope_rows(p.shape[0], p.rope_heads))]
+            target.copy_(torch.from_numpy(np.ascontiguousarray(data)))
 
 
 def compare_logits(t: np.ndarray, ll: np.ndarray, ids: list[int]) -> dict[str, Any]:
