@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 
 from compress.errors import ArtifactError, CompressError
+from compress.memory import release_memory
 from compress.manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
 from compress.progress import steps
 
@@ -29,7 +30,7 @@ from .config import OnnxConfig
 from .decoder import build_decoder
 from .plan import make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
-from .validate import validate_onnx
+from .validate import reference_logits, validate_onnx
 from .weights import open_weights
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,17 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
         plan = make_plan(src, dims, cfg)
         length = min(cfg.max_length or dims.max_positions, dims.max_positions)
         with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=lm.model_id, force=force) as art:
+            # PyTorch's side of the check comes first: its model is freed once its weights are in the graph
+            reference = reference_logits(lm.model, lm.tokenizer, cfg.check_tokens)
+            config, generation_config = lm.model.config, getattr(lm.model, "generation_config", None)
             step("building the graph")
             t0 = time.perf_counter()
-            model, weight_map = build_decoder(src, spec, dims, plan, rope_tables(lm.model, dims, length), cfg,
-                                              lm.model.config)
+            model, weight_map = build_decoder(src, spec, dims, plan, rope_tables(lm.model, dims, length), cfg, config)
+            # one copy of the model: the PyTorch weights (and src's views of them) go before the graph is
+            # serialized and onnxruntime loads it; kept, they stacked 540 MB on SmolLM2's export
+            del src
+            lm.model = None
+            release_memory()
             target = art.path / MODEL_FILE
             if plan.post == "ort-nbits":
                 nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "ort-nbits"})
@@ -92,16 +100,16 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 del model
             export_s = time.perf_counter() - t0
             lm.tokenizer.save_pretrained(str(art.path))
-            lm.model.config.to_json_file(str(art.path / "config.json"))
-            if getattr(lm.model, "generation_config", None) is not None:
-                lm.model.generation_config.to_json_file(str(art.path / "generation_config.json"))
+            config.to_json_file(str(art.path / "config.json"))
+            if generation_config is not None:
+                generation_config.to_json_file(str(art.path / "generation_config.json"))
             step("checking against PyTorch")
             tol = cfg.tolerance(plan.integers)
             import onnxruntime
 
             decoder = OnnxDecoder(make_session(target, threads=2), length)
-            figures = validate_onnx(decoder, lm.model, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
-                                    where=f"{out_dir.name}/{MODEL_FILE}")
+            figures = validate_onnx(decoder, None, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
+                                    where=f"{out_dir.name}/{MODEL_FILE}", reference=reference)
             del decoder
             report: dict[str, Any] = {
                 "model_file": MODEL_FILE, "architecture": spec.name, "precision": cfg.precision,
@@ -115,8 +123,8 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 report["ort_file"] = ort_path.name
                 report["ort_bytes"] = ort_path.stat().st_size
                 report["ort_validation"] = validate_onnx(
-                    OnnxDecoder(make_session(ort_path, threads=2)), lm.model, lm.tokenizer, tol,
-                    check_tokens=cfg.check_tokens, where=f"{out_dir.name}/{ort_path.name}")
+                    OnnxDecoder(make_session(ort_path, threads=2)), None, lm.tokenizer, tol,
+                    check_tokens=cfg.check_tokens, where=f"{out_dir.name}/{ort_path.name}", reference=reference)
             art.report.update(report)
     return out_dir / MODEL_FILE
 

@@ -67,10 +67,16 @@ class Graph:
         return self.node(op, inputs, 1, **kw)[0]
 
     def model(self, doc: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "decoder", self.inputs, self.outputs, list(self.inits.values()))
+        """The ModelProto; the initializers move into it (the builder holds none afterwards)."""
+        graph = helper.make_graph(self.nodes, "decoder", self.inputs, self.outputs, [])
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                               producer_name="compress", doc_string=doc)
+        del graph
         m.ir_version = 10
+        # One copy of the weights: make_graph and then make_model each copy every initializer, which
+        # held three copies of all weights at once; moved one at a time, in the same order (same file).
+        for name in list(self.inits):
+            m.graph.initializer.append(self.inits.pop(name))
         return m
 
 

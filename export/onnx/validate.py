@@ -50,10 +50,18 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
             "logit_range": float(np.abs(ref).max())}
 
 
-def validate_onnx(decoder, model, tokenizer, tol: Tolerance, *, check_tokens: int, where: str) -> dict[str, Any]:
-    """Compare and judge; returns the figures for the manifest (with the tolerance used)."""
+def reference_logits(model, tokenizer, check_tokens: int) -> np.ndarray:
+    """PyTorch's logits on the check ids: computed before the export so that the model can be freed
+    before onnxruntime loads the file (pass them to :func:`validate_onnx` as ``reference``)."""
+    return torch_logits(model, check_ids(tokenizer, check_tokens))
+
+
+def validate_onnx(decoder, model, tokenizer, tol: Tolerance, *, check_tokens: int, where: str,
+                  reference: np.ndarray | None = None) -> dict[str, Any]:
+    """Compare and judge; returns the figures for the manifest (with the tolerance used). ``reference``:
+    :func:`reference_logits` computed earlier (``model`` is then not used)."""
     ids = check_ids(tokenizer, check_tokens)
-    ref = torch_logits(model, ids)
+    ref = torch_logits(model, ids) if reference is None else reference
     split = len(ids) // 2
     outputs = {"prefill": (decoder.logits(ids), 0),
                "kv_cache": (decoder.cached_logits(ids, split), split - 1)}
