@@ -50,3 +50,15 @@ def test_onnx_export_from_a_relative_path_records_it_absolute(tmp_path, monkeypa
     assert report["input"] == str(folder) and report["input_stage"] == "fetch"
     monkeypatch.chdir(tmp_path)  # bench runs elsewhere: it follows the path through the fetch manifest
     assert resolve_target(str(out)).source == BUNDLED_NAME
+
+
+def test_gguf_export_from_a_relative_path_records_it_absolute(tmp_path, monkeypatch, one_thread):
+    from export.gguf import GGUFConfig, export_gguf
+
+    folder = _fake_fetch("gguf:package-1")
+    monkeypatch.chdir(folder.parent)
+    out = export_gguf(folder.name, GGUFConfig(qtype="F32", check_tokens=32), tmp_path / "gguf").parent
+    report = read_manifest(out).report
+    assert report["input"] == str(folder) and report["input_stage"] == "fetch"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_target(str(out)).source == BUNDLED_NAME

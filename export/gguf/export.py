@@ -177,7 +177,8 @@ def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan
     return {
         "gguf_file": target.name,
         "gguf_bytes": target.stat().st_size,
-        "input": src.spec,
+        # a path absolute (bench follows it back to the reference from any directory); a name as given
+        "input": str(Path(src.spec).expanduser().absolute()) if Path(src.spec).expanduser().exists() else src.spec,
         "input_stage": src.stage,
         "input_weight_bytes": input_bytes,
         "architecture": spec.gguf_arch,
