@@ -28,6 +28,7 @@ import torch
 from .config import StageConfig, register_config
 from .data import TASKS, load_mc_task, load_text, text_windows, tokenize_text, uses_bos
 from .errors import ConfigError
+from .memory import trim_heap
 from .progress import track
 
 _CHUNK = 128  # positions per log-softmax block: bounds memory with Gemma's 262k vocabulary
@@ -125,8 +126,9 @@ def score_windows(runtime, windows, *, reference=None) -> dict[str, float]:
                 agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
             n += len(tgt)
         # a window's logits are 100 MB at 512 tokens x 49,152 vocabulary: let them go before the next
-        # window's are computed, not after
+        # window's are computed, not after (and the log-softmax blocks' heap pages with them)
         del logits, ref
+        trim_heap()
     out = {"tokens": n, "perplexity": math.exp(nll_sum / n)}
     if reference is not None:
         out["kl"] = max(kl_sum / n, 0.0)  # float rounding can leave -1e-9 for identical models
