@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +136,40 @@ def score_windows(runtime, windows, *, reference=None) -> dict[str, float]:
         out["kl"] = max(kl_sum / n, 0.0)  # float rounding can leave -1e-9 for identical models
         out["top1_agreement"] = agree / n
     return out
+
+
+class StoredLogits:
+    """A runtime that replays logits written earlier (same ``logits(ids)`` call as every runtime)."""
+
+    name = "reference"
+
+    def __init__(self, where: str | Path | None = None) -> None:
+        # unnamed: removed by the OS when closed or when the process dies, never left in an artifact
+        self._file = tempfile.TemporaryFile(dir=where)
+        self._index: dict[tuple[int, ...], tuple[int, tuple[int, ...]]] = {}
+
+    @classmethod
+    def of(cls, runtime, windows, where: str | Path | None = None) -> "StoredLogits":
+        """``runtime``'s logits on every window, computed now."""
+        stored = cls(where)
+        for w in windows:
+            stored.add(w.input_ids, runtime.logits(w.input_ids))
+        return stored
+
+    def add(self, token_ids: Sequence[int], logits: np.ndarray) -> None:
+        a = np.ascontiguousarray(logits, dtype=np.float32)
+        self._file.seek(0, 2)
+        self._index[tuple(token_ids)] = (self._file.tell(), a.shape)
+        a.tofile(self._file)
+
+    def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
+        offset, shape = self._index[tuple(token_ids)]  # KeyError: ids that were never stored
+        self._file.seek(offset)
+        a = np.fromfile(self._file, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+        return a[-last:] if last else a
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def mc_accuracy(runtime, tokenizer, task, *, limit: int = 0) -> dict[str, float]:

@@ -135,27 +135,45 @@ def _base_row(t: Target, runtime: str, requested, profile, note: str) -> dict[st
 def _accuracy(cfg, reference, pairs, plan, tokenizer, profile, rows) -> dict[str, Any]:
     from runtimes import get_runtime
 
+    from compress.evaluate import StoredLogits
+    from compress.memory import release_memory
+
     from .accuracy import score_mc, score_text
     from .worker import load_runtime
 
+    # One model in memory at a time: the reference's logits go to an unnamed temporary file once per
+    # window, then each runtime is loaded, scored against them and freed. Loading the reference and
+    # every artifact together held them all at once (3.3 GB for the default recipe's four exports).
     ref = get_runtime("pytorch")
     ref.load(reference, profile)
+    ref_id = ref.loaded.model_id
+    stored = StoredLogits.of(ref, plan.windows)
     n_ctx = max(cfg.window, _longest_mc(tokenizer, plan)) + 8
-    loaded = {}
-    for t, r in pairs:
-        # the reference's own row reuses the loaded reference (score_text then skips the second pass)
-        is_ref = r == "pytorch" and t.spec == reference
-        loaded[(t.label, r)] = ref if is_ref else load_runtime(r, t.loaders[r], profile, n_ctx=n_ctx)
-    text = score_text(ref, loaded, plan)
-    ref_ppl = text[None]["perplexity"]
-    for key, rt in loaded.items():
-        row = rows[key]
-        row.update(runtime_version=rt.version(), **text[key], perplexity_ratio=text[key]["perplexity"] / ref_ppl)
-        if getattr(rt, "provider", None):
-            row["execution_provider"] = rt.provider
-        row["mc"] = score_mc(rt, tokenizer, plan, cfg.mc_limit) if plan.tasks else {}
-        row["mc_mean"] = sum(row["mc"].values()) / len(row["mc"]) if row["mc"] else None
-    return {"reference_id": ref.loaded.model_id, "reference_perplexity": ref_ppl, "tokens": text[None]["tokens"],
+    ref_text = score_text(stored, {}, plan)[None]
+    ref_ppl = ref_text["perplexity"]
+    is_ref = [r == "pytorch" and t.spec == reference for t, r in pairs]
+    if not any(is_ref):
+        ref = None  # no row of its own: the stored logits are all the rest needs
+        release_memory()
+    try:
+        for i in sorted(range(len(pairs)), key=lambda i: not is_ref[i]):  # the reference's row first
+            t, r = pairs[i]
+            # the reference's own row reuses the loaded reference (score_text then skips the second pass)
+            rt = ref if is_ref[i] else load_runtime(r, t.loaders[r], profile, n_ctx=n_ctx)
+            key = (t.label, r)
+            text = score_text(stored, {key: stored if is_ref[i] else rt}, plan)[key]
+            row = rows[key]
+            row.update(runtime_version=rt.version(), **text, perplexity_ratio=text["perplexity"] / ref_ppl)
+            if getattr(rt, "provider", None):
+                row["execution_provider"] = rt.provider
+            row["mc"] = score_mc(rt, tokenizer, plan, cfg.mc_limit) if plan.tasks else {}
+            row["mc_mean"] = sum(row["mc"].values()) / len(row["mc"]) if row["mc"] else None
+            del rt
+            ref = None  # its row, when it has one, came first
+            release_memory()
+    finally:
+        stored.close()
+    return {"reference_id": ref_id, "reference_perplexity": ref_ppl, "tokens": ref_text["tokens"],
             "windows": len(plan.windows), "data": plan.data, "bos": plan.bos,
             "mc_examples": {task.name: min(cfg.mc_limit or len(task.examples), len(task.examples)) for task in plan.tasks}}
 

@@ -13,13 +13,11 @@ The numbers are the same: the stored float32 logits are exactly those the copy w
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Any
 
 from ..data import load_text, text_windows, tokenize_text, uses_bos
+from ..evaluate import StoredLogits
 
 
 def eval_windows(tokenizer, data: str, tokens: int) -> tuple[str, list]:
@@ -33,32 +31,6 @@ def eval_windows(tokenizer, data: str, tokens: int) -> tuple[str, list]:
     return text.name, windows
 
 
-class StoredLogits:
-    """A runtime that replays logits written earlier (same ``logits(ids)`` call as every runtime)."""
-
-    name = "reference"
-
-    def __init__(self, where: str | Path | None = None) -> None:
-        # unnamed: removed by the OS when closed or when the process dies, never left in an artifact
-        self._file = tempfile.TemporaryFile(dir=where)
-        self._index: dict[tuple[int, ...], tuple[int, tuple[int, ...]]] = {}
-
-    def add(self, token_ids: Sequence[int], logits: np.ndarray) -> None:
-        a = np.ascontiguousarray(logits, dtype=np.float32)
-        self._file.seek(0, 2)
-        self._index[tuple(token_ids)] = (self._file.tell(), a.shape)
-        a.tofile(self._file)
-
-    def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
-        offset, shape = self._index[tuple(token_ids)]  # KeyError: ids that were never stored
-        self._file.seek(offset)
-        a = np.fromfile(self._file, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
-        return a[-last:] if last else a
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def store_logits(model, tokenizer, data: str, tokens: int, *, where: str | Path | None = None) -> StoredLogits:
     """Run ``model`` over the scoring windows now and keep its logits on disk (see the module doc)."""
     from runtimes.torch_runtime import TorchRuntime
@@ -67,10 +39,7 @@ def store_logits(model, tokenizer, data: str, tokens: int, *, where: str | Path 
 
     _, windows = eval_windows(tokenizer, data, tokens)
     runtime = TorchRuntime().use(LoadedModel(model, tokenizer, ModelSource("in-memory", "hf_dir"), "reference"))
-    stored = StoredLogits(where)
-    for w in windows:
-        stored.add(w.input_ids, runtime.logits(w.input_ids))
-    return stored
+    return StoredLogits.of(runtime, windows, where)
 
 
 def score_against(model, reference, tokenizer, data: str, tokens: int) -> dict[str, Any]:
