@@ -74,8 +74,9 @@ def artifacts(model: str, only: list[str]) -> None:
         print(f"  {label}: {dt:.0f} s", flush=True)
 
 
-def bench(model: str, profile: str, extra: list[str], tag: str = "") -> Path:
-    arts = [f"{label}={ART / model / label}" for label, _ in PLANS[model] if (ART / model / label).exists()]
+def bench(model: str, profile: str, extra: list[str], tag: str = "", only: list[str] | None = None) -> Path:
+    arts = [f"{label}={ART / model / label}" for label, _ in PLANS[model]
+            if (ART / model / label).exists() and (not only or label in only)]
     out = ART / "runs" / f"{model}-{profile}{'-' + tag if tag else ''}"
     _run(["bench", *arts, "--profile", profile, "--out", str(out), "--force", "--report", *extra])
     return out
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench")
     b.add_argument("--model", required=True, choices=sorted(PLANS))
     b.add_argument("--profile", default="laptop")
+    b.add_argument("--only", action="append", default=[], help="bench only these artifact labels")
     b.add_argument("--tag", default="", help="suffix of the run directory (e.g. latency for a --no-accuracy run)")
     b.add_argument("extra", nargs=argparse.REMAINDER)
     t = sub.add_parser("table")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "artifacts":
         artifacts(args.model, args.only)
     elif args.cmd == "bench":
-        bench(args.model, args.profile, [x for x in args.extra if x != "--"], args.tag)
+        bench(args.model, args.profile, [x for x in args.extra if x != "--"], args.tag, args.only)
     else:
         table(args.runs)
     return 0
