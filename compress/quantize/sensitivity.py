@@ -20,7 +20,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..progress import track
-from .calibrate import capture, layer_forward
+from . import calibrate  # looked up at call time: a test's monkeypatch of calibrate.capture must not stick
+from .calibrate import layer_forward
 from .grid import Grid, rtn
 from .layers import Plan, decoder_layers
 
@@ -53,7 +54,7 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
 def analyze(model: nn.Module, plan: Plan, ids: torch.Tensor) -> dict[str, dict[str, Any]]:
     """KL vs the float model when only one decoder linear is rounded to int4, for every decoder
     linear of ``plan`` (its grid's group size and symmetry)."""
-    inputs, kwargs = capture(model, ids, ids.shape[0], all_layers=True)
+    inputs, kwargs = calibrate.capture(model, ids, ids.shape[0], all_layers=True)
     ref = torch.log_softmax(run_from(model, 0, inputs[0], kwargs).float(), -1)
     table: dict[str, dict[str, Any]] = {}
     linears = [t for t in plan.targets.values() if t.layer is not None]
