@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from compress.fetch import FetchConfig, cached_folder
 from compress.harness import BenchConfig, bench, read_rows
 from compress.harness.targets import resolve_reference, resolve_target
@@ -42,23 +44,17 @@ def test_onnx_export_of_a_refetched_bundled_model_still_leads_bench_to_its_refer
     assert {(r["label"], r["runtime"]) for r in read_rows(run)} == {(BUNDLED_NAME, "pytorch"), ("onnx", "onnxruntime")}
 
 
-def test_onnx_export_from_a_relative_path_records_it_absolute(tmp_path, monkeypatch, one_thread):
-    folder = _fake_fetch("gguf:package-1")
-    monkeypatch.chdir(folder.parent)
-    out = export_onnx(folder.name, OnnxConfig(precision="fp32", max_length=128), tmp_path / "onnx").parent
-    report = read_manifest(out).report
-    assert report["input"] == str(folder) and report["input_stage"] == "fetch"
-    monkeypatch.chdir(tmp_path)  # bench runs elsewhere: it follows the path through the fetch manifest
-    assert resolve_target(str(out)).source == BUNDLED_NAME
-
-
-def test_gguf_export_from_a_relative_path_records_it_absolute(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("fmt", ["onnx", "gguf"])
+def test_export_from_a_relative_path_records_it_absolute(fmt, tmp_path, monkeypatch, one_thread):
     from export.gguf import GGUFConfig, export_gguf
 
     folder = _fake_fetch("gguf:package-1")
     monkeypatch.chdir(folder.parent)
-    out = export_gguf(folder.name, GGUFConfig(qtype="F32", check_tokens=32), tmp_path / "gguf").parent
+    if fmt == "onnx":
+        out = export_onnx(folder.name, OnnxConfig(precision="fp32", max_length=128), tmp_path / "onnx").parent
+    else:
+        out = export_gguf(folder.name, GGUFConfig(qtype="F32", check_tokens=32), tmp_path / "gguf").parent
     report = read_manifest(out).report
     assert report["input"] == str(folder) and report["input_stage"] == "fetch"
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # bench runs elsewhere: it follows the path through the fetch manifest
     assert resolve_target(str(out)).source == BUNDLED_NAME
