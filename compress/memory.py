@@ -27,3 +27,39 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def memory_status() -> dict[str, float]:
+    """This process's resident memory now and its high-water mark, in MB, from /proc/self/status.
+
+    ``peak`` (VmHWM), ``rss`` (VmRSS), and the split of the resident set into ``anon`` (RssAnon: heap,
+    arenas, KV caches; what a phone must keep) and ``file`` (RssFile: mapped files such as a GGUF that
+    llama.cpp mmaps; pages a phone can drop and re-read). Where /proc is missing (macOS), only
+    ``peak`` is given, from ``ru_maxrss``.
+    """
+    import resource
+    import sys
+    from pathlib import Path
+
+    keys = {"VmHWM:": "peak", "VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in keys:
+                out[keys[key]] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if "peak" not in out:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak"] = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (the one definition every stage and worker uses).
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this address space. Not ``ru_maxrss``:
+    Linux carries that across fork + exec, so a worker started by a 1 GB parent would report 1 GB
+    whatever it loads."""
+    return memory_status()["peak"]

@@ -111,7 +111,11 @@ def test_latency_and_rss_are_measured_per_process(rows):
 def test_roofline_fraction_is_decode_speed_over_bandwidth_bound(rows):
     for r in rows.values():
         assert r["bandwidth_gb_s"] > 0 and r["bytes_per_token"] > r["kv_bytes_per_token"] > 0
-        assert r["roofline_fraction"] == pytest.approx(r["decode_tok_s"] * r["bytes_per_token"] / (r["bandwidth_gb_s"] * 1e9))
+        fraction = r["decode_tok_s"] * r["bytes_per_token"] / (r["bandwidth_gb_s"] * 1e9)
+        if fraction > 1:  # faster than the read kernel: refused as a measurement error, never shown
+            assert r["roofline_fraction"] is None and "measurement error" in r["roofline_refused"]
+        else:
+            assert r["roofline_fraction"] == pytest.approx(fraction)
     # Q8_0 weights (8.5 bits) are read instead of fp32: about a quarter of the bytes per token
     ratio = rows[("q8_0", "llama.cpp")]["weight_bytes_per_token"] / rows[("reference", "pytorch")]["weight_bytes_per_token"]
     assert 0.2 < ratio < 0.35

@@ -46,7 +46,7 @@ def latency_table(rows: list[dict[str, Any]]) -> Table | None:
     if not rows:
         return None
     cols = ["artifact", "runtime", "threads", "load s", "TTFT ms", "prefill tok/s", "decode tok/s",
-            "peak RSS MB (imports)", "MB read/token", "roofline tok/s", "of roofline"]
+            "peak RSS MB (imports)", "RSS anon/file MB", "MB read/token", "roofline tok/s", "of roofline"]
     body = []
     for r in rows:
         ttft = {k: r[k] * 1000 for k in ("ttft_s", "ttft_s_min", "ttft_s_max")}
@@ -55,9 +55,15 @@ def latency_table(rows: list[dict[str, Any]]) -> Table | None:
                      threads, _f(r["load_s"], ".2f"),
                      f"{ttft['ttft_s']:.0f} [{ttft['ttft_s_min']:.0f}-{ttft['ttft_s_max']:.0f}]",
                      _spread(r, "prefill_tok_s", ".0f"), _spread(r, "decode_tok_s", ".1f"),
-                     f"{r['peak_rss_mb']:.0f} ({r['rss_start_mb']:.0f})", _f(r["bytes_per_token"] / 1e6, ".2f"),
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_start_mb']:.0f})", _split(r), _f(r["bytes_per_token"] / 1e6, ".2f"),
                      _f(r.get("roofline_tok_s"), ".0f"), _f(r.get("roofline_fraction"), ".0%")])
     return cols, body
+
+
+def _split(r: dict[str, Any]) -> str:
+    """Anonymous / file-backed resident MB after generating ("-" for rows measured before the split)."""
+    anon, file = r.get("rss_anon_generated_mb"), r.get("rss_file_generated_mb")
+    return "-" if anon is None or file is None else f"{anon:.0f} / {file:.0f}"
 
 
 def budget_table(rows: list[dict[str, Any]], profile: dict[str, Any]) -> Table | None:

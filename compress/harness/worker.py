@@ -12,28 +12,13 @@ Only the runtime's own backend is imported (no torch in a llama.cpp worker).
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    Linux: VmHWM of /proc/self/status, the high-water mark of this address space. Not ``ru_maxrss``:
-    Linux carries that across fork + exec, so a worker started by a 1 GB parent would report 1 GB
-    whatever it loads (seen here: every row read the parent's figure)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+from compress.memory import memory_status, peak_rss_mb  # noqa: F401  (peak_rss_mb: re-exported)
 
 
 _BACKENDS = {"pytorch": ("torch", "transformers", "compress.models"), "onnxruntime": ("onnxruntime", "transformers"),
@@ -68,18 +53,23 @@ def load_runtime(runtime: str, path: str, profile, n_ctx: int):
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load, warm up, time the repetitions; memory is read before any bookkeeping.
+
+    Bytes per token (which parses the model file for ONNX and GGUF) runs only after the last memory
+    reading: done earlier, its parse landed in this process's high-water mark and made every ONNX row
+    look 3x its runtime's real peak."""
     from runtimes.base import DeviceProfile
 
     from .roofline import bytes_per_token
 
     preimport(spec["runtime"])
-    rss_start = peak_rss_mb()
+    start = memory_status()
     profile = DeviceProfile(**spec["profile"])
     prompt, new = list(spec["prompt_ids"]), int(spec["new_tokens"])
     t0 = time.perf_counter()
     rt = load_runtime(spec["runtime"], spec["path"], profile, n_ctx=len(prompt) + new + 8)
     load_s = time.perf_counter() - t0
-    rss_loaded = peak_rss_mb()
+    loaded = memory_status()
     for _ in range(int(spec["warmup"])):
         rt.generate(prompt, new)
     runs = []
@@ -87,9 +77,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         g = rt.generate(prompt, new)
         runs.append({"ttft_s": g.time_to_first_token_s, "prefill_tok_s": g.prefill_tokens_per_s,
                      "decode_tok_s": g.decode_tokens_per_s, "new_tokens": len(g.new_ids), "total_s": g.total_s})
+    generated = memory_status()
+    # bookkeeping from here on: nothing below may move the figures above
     return {"runtime": rt.name, "runtime_version": rt.version(), "load_s": load_s, "runs": runs,
             "new_ids": g.new_ids, "bytes_per_token": bytes_per_token(rt, len(prompt) + new / 2),
-            "rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(),
+            "rss_start_mb": start["peak"], "rss_loaded_mb": loaded["peak"], "peak_rss_mb": generated["peak"],
+            "memory": {"start": start, "loaded": loaded, "generated": generated},
             "execution_provider": getattr(rt, "provider", None)}
 
 

@@ -53,7 +53,7 @@ def prune(model_spec: str, cfg: PruneConfig, out_dir: str | Path, *, force: bool
     with the same content id (same input, same config) is kept."""
     from ..models import load_model
     from ..quantize.calibrate import calibration_ids
-    from ..quantize.run import peak_rss_mb
+    from ..memory import peak_rss_mb
     from ..quantize.scoring import score_against
 
     cfg.require_target()
@@ -63,14 +63,14 @@ def prune(model_spec: str, cfg: PruneConfig, out_dir: str | Path, *, force: bool
         step("checking the input")
         check_input(model_spec)
         if not (out.exists() and is_complete(out)):
-            check_writable_target(out, force=force)
+            check_writable_target(out, force=force, inputs=(model_spec, cfg.calib))
         step("loading the model")
         lm = load_model(model_spec)
         if not force and is_complete(out, content_id("prune", cfg, lm.model_id)):
             log.warning("%s already holds this pruning (same content id): kept", out)
             return out
         if out.exists() and is_complete(out):
-            check_writable_target(out, force=force)
+            check_writable_target(out, force=force, inputs=(model_spec, cfg.calib))
         check_target(lm.model, cfg)
         ids = calibration_ids(lm.tokenizer, load_text(cfg.calib), samples=cfg.samples, seq_len=cfg.seq_len,
                               seed=cfg.seed)
@@ -113,7 +113,8 @@ def prune(model_spec: str, cfg: PruneConfig, out_dir: str | Path, *, force: bool
         report["seconds"] = round(time.perf_counter() - t0, 1)
         report["peak_rss_mb"] = round(peak_rss_mb(), 1)
         step("writing the artifact")
-        with ArtifactWriter(out, stage="prune", config=cfg, input_id=lm.model_id, force=force) as art:
+        with ArtifactWriter(out, stage="prune", config=cfg, input_id=lm.model_id, force=force,
+                            inputs=(model_spec, cfg.calib)) as art:
             pruned.save_pretrained(str(art.path))
             report["tokenizer_files"] = copy_tokenizer_files(source_folder(model_spec), art.path, lm.tokenizer)
             art.report.update(report)
