@@ -6,7 +6,8 @@
     ids = calibration_ids(tok, load_text(cfg.calib), samples=cfg.samples, seq_len=cfg.seq_len)
     result = quantize_(model, cfg, ids)          # in place; result.tensors holds the integers
 
-The artifact layout that exporters read is documented in FORMAT.md next to this file. Importing
+The artifact layout that exporters read is documented in FORMAT.md next to this file; format.py is its
+one reader (numpy only: ``open_quantized(folder).quantized(name).dequantize()``). Importing
 ``compress.quantize.artifact`` registers the loader for manifest stage ``quantize`` with
 :mod:`compress.models` (which imports it when it meets such a manifest).
 """
@@ -17,7 +18,8 @@ from .config import SCHEMES, QuantConfig  # light: registers the config type tha
 
 # Everything else needs torch: imported on first use, so `compress chat` / `compress --help` do not pay
 # ~1.5 s and ~170 MB for a stage they never run (PEP 562 module __getattr__).
-_LAZY = {"load_qtensors": ".artifact", "load_quantized": ".artifact", "read_quantization_json": ".artifact",
+_LAZY = {"load_qtensors": ".artifact", "load_quantized": ".artifact", "read_quantization_json": ".format",
+         "open_quantized": ".format", "QuantizedFolder": ".format", "QuantizedWeight": ".format",
          "save_artifact": ".artifact", "calibration_ids": ".calibrate", "QuantResult": ".core",
          "quantize_": ".core", "Grid": ".grid", "QTensor": ".grid", "rtn": ".grid", "run_quantize": ".run"}
 
@@ -28,5 +30,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Grid", "QTensor", "QuantConfig", "QuantResult", "SCHEMES", "calibration_ids", "load_qtensors",
-           "load_quantized", "quantize_", "read_quantization_json", "rtn", "run_quantize", "save_artifact"]
+__all__ = ["Grid", "QTensor", "QuantConfig", "QuantResult", "QuantizedFolder", "QuantizedWeight", "SCHEMES",
+           "calibration_ids", "load_qtensors", "load_quantized", "open_quantized", "quantize_",
+           "read_quantization_json", "rtn", "run_quantize", "save_artifact"]

@@ -4,7 +4,8 @@
     lm = load_model("out/smollm2-int4")                 # compress.models finds load_quantized
 
 The loader rebuilds the transformers model from config.json and puts in exactly (q - zero) * scale
-for every quantized tensor, so what PyTorch evaluates is what every exporter reads.
+for every quantized tensor, read through format.py (the one reader, which the exporters use too), so
+what PyTorch evaluates is what every exporter reads.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ArtifactError
-from .core import FORMAT_VERSION, QuantResult
+from .core import QuantResult
+from .format import QUANT_JSON, WEIGHTS, QuantizedWeight, open_quantized, read_quantization_json
 from .grid import Grid, QTensor
-from .modules import apply_qtensor
+from .modules import apply_weight
 
-WEIGHTS = "model.safetensors"
-QUANT_JSON = "quantization.json"
-_SUFFIXES = (".qweight", ".scales", ".zeros")
+__all__ = ["QUANT_JSON", "WEIGHTS", "load_qtensors", "load_quantized", "read_quantization_json", "save_artifact"]
 
 
 def save_artifact(path: Path, model, tokenizer, result: QuantResult) -> None:
@@ -45,71 +46,47 @@ def save_artifact(path: Path, model, tokenizer, result: QuantResult) -> None:
     (path / QUANT_JSON).write_text(json.dumps(result.quantization_json(), indent=1))
 
 
-def read_quantization_json(folder: Path) -> dict[str, Any]:
-    f = Path(folder) / QUANT_JSON
-    if not f.is_file():
-        raise ArtifactError(f"{folder}: no {QUANT_JSON} (not a quantized artifact)")
-    try:
-        info = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{f}: not valid JSON ({e})") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{f}: format_version {info.get('format_version')!r}; this compress reads "
-                            f"{FORMAT_VERSION}")
-    return info
-
-
 def load_qtensors(folder: Path, info: dict[str, Any] | None = None) -> dict[str, QTensor]:
-    """The stored integers of every quantized tensor, unpacked (for tests and exporters' checks)."""
-    from safetensors.torch import load_file
-
-    info = info or read_quantization_json(folder)
-    raw = load_file(str(Path(folder) / WEIGHTS))
-    return {name: _qtensor(name, meta, raw) for name, meta in info["layers"].items()}
+    """The stored integers of every quantized tensor, unpacked, as QTensors (tests, PyTorch-side checks)."""
+    qf = open_quantized(folder)
+    return {qw.name: _qtensor(qw) for qw in qf.quantized_weights()}
 
 
-def _qtensor(name: str, meta: dict[str, Any], raw: dict[str, torch.Tensor]) -> QTensor:
-    grid = Grid(int(meta["bits"]), int(meta["group_size"]), bool(meta["symmetric"]))
-    if f"{name}.qweight" not in raw or f"{name}.scales" not in raw:
-        raise ArtifactError(f"{WEIGHTS}: {name} is listed in {QUANT_JSON} but its qweight/scales are missing")
-    qt = QTensor.from_tensors(name, raw, grid)
-    if list(qt.shape) != list(meta["shape"]):
-        raise ArtifactError(f"{WEIGHTS}: {name} unpacks to {list(qt.shape)}, {QUANT_JSON} says {meta['shape']}")
-    return qt
+def _qtensor(qw: QuantizedWeight) -> QTensor:
+    zeros = None if qw.zeros is None else torch.from_numpy(np.array(qw.zeros))
+    return QTensor(torch.from_numpy(np.array(qw.integers())), torch.from_numpy(np.array(qw.scales)), zeros,
+                   Grid(qw.bits, qw.group_size, qw.symmetric))
 
 
 def load_quantized(folder: Path, manifest) -> Any:
-    """Loader for manifest stage ``quantize`` (registered with compress.models)."""
-    from safetensors.torch import load_file
+    """Loader for manifest stage ``quantize`` (registered with compress.models): the torch-free reader
+    (format.py) gives the float tensors and each layer's integers; the model gets (q - zero) * scale."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
     from ..models import LoadedModel, ModelSource
 
     folder = Path(folder)
-    info = read_quantization_json(folder)
+    qf = open_quantized(folder)
+    info = qf.info
     config = AutoConfig.from_pretrained(str(folder))
     with no_init_weights():  # every weight is overwritten below
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    raw = load_file(str(folder / WEIGHTS))
-    state = {k: v for k, v in raw.items() if not (k.endswith(_SUFFIXES) and k.rsplit(".", 1)[0] in info["layers"])}
+    state = {n: torch.from_numpy(qf.array(n)) for n in qf.float_names()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     del state
-    expected_missing = {f"{n}.weight" for n in info["layers"]}
-    if info.get("tied"):
+    expected_missing = {f"{n}.weight" for n in qf.layers}
+    if qf.tied:
         expected_missing |= {k for k in missing if k.startswith("lm_head.")}
     bad = sorted(set(missing) - expected_missing)
     if bad or unexpected:
         raise ArtifactError(f"{folder / WEIGHTS}: does not match config.json (missing {bad[:5]}, "
                             f"unexpected {sorted(unexpected)[:5]})")
-    # one copy of the model: each layer's integers are unpacked, put in and dropped in turn, and the
-    # file's tensors are let go as soon as they have been copied into the model
-    for name, meta in info["layers"].items():
-        apply_qtensor(model, name, _qtensor(name, meta, raw), activations=meta.get("activations"))
-        for suffix in _SUFFIXES:
-            raw.pop(f"{name}{suffix}", None)
-    del raw
-    if info.get("tied"):
+    # one copy of the model: each layer's integers are read, dequantized, put in and dropped in turn
+    for qw in qf.quantized_weights():
+        apply_weight(model, qw.name, torch.from_numpy(qw.dequantize()),
+                     activations=qf.layers[qw.name].get("activations"))
+    if qf.tied:
         model.tie_weights()
     model.eval()
     model.compress_quantization = info

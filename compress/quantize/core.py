@@ -27,6 +27,7 @@ from ..memory import trim_heap
 from .awq import awq_layer
 from .calibrate import stream_layers
 from .config import QuantConfig
+from .format import FORMAT_VERSION
 from .gptq import gptq
 from .grid import Grid, QTensor, rtn
 from .layers import Plan, Target, check_finite, check_not_quantized, make_plan
@@ -34,8 +35,6 @@ from .modules import apply_qtensor
 from .sensitivity import allocate, analyze, budget_summary
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from ..errors import IncompatibleLayerError
+from .format import implicit_zero, qrange
 
 # Smallest positive fp16 (subnormal): the scale of an all-zero group, so that q = zero and w_hat = 0.
 _TINY_FP16 = float(torch.finfo(torch.float16).smallest_normal) / 1024
@@ -25,20 +26,18 @@ _TINY_FP16 = float(torch.finfo(torch.float16).smallest_normal) / 1024
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    bits: int  # 4 or 8
+    bits: int  # 4, 5 or 8
     group_size: int  # columns per scale; equal to in_features for per-channel
     symmetric: bool
 
     @property
     def implicit_zero(self) -> int:
-        # int4 stores unsigned nibbles centred on 8 (like GGUF Q4_0); int8 symmetric is signed.
-        return 8 if self.bits == 4 else 0
+        # int4/int5 store unsigned values centred on 8/16 (like GGUF Q4_0/Q5_0); int8 symmetric is signed.
+        return implicit_zero(self.bits)
 
     @property
     def qrange(self) -> tuple[int, int]:
-        if self.bits == 4:
-            return 0, 15
-        return (-127, 127) if self.symmetric else (0, 255)
+        return qrange(self.bits, self.symmetric)
 
     def bits_per_weight(self) -> float:
         """Storage cost including the fp16 scale (and uint8 zero) of each group."""
@@ -49,16 +48,16 @@ class Grid:
         """Scales (fp16, [out, groups]) and zeros (uint8 or None) for ``w`` [out, in].
 
         ``clip`` [out, groups] shrinks each group's range (AWQ/GPTQ clip search); 1 = full range.
-        Symmetric int4 maps the group's signed extreme to -8, as llama.cpp's Q4_0 does, which buys
-        a finer step than max|w|/7; the scale is negative when that extreme is positive.
+        Symmetric int4 / int5 map the group's signed extreme to -8 / -16, as llama.cpp's Q4_0 / Q5_0
+        do, which buys a finer step than max|w|/7; the scale is negative when that extreme is positive.
         """
         out, cols = w.shape
         g = w.float().reshape(out, cols // self.group_size, self.group_size)
         lo_q, hi_q = self.qrange
         if self.symmetric:
-            if self.bits == 4:
+            if self.bits in (4, 5):
                 idx = g.abs().argmax(-1, keepdim=True)
-                scale = g.gather(-1, idx).squeeze(-1) / -8.0
+                scale = g.gather(-1, idx).squeeze(-1) / -float(self.implicit_zero)
             else:
                 scale = g.abs().amax(-1) / hi_q
             if clip is not None:
@@ -150,9 +149,9 @@ class QTensor:
         if self.grid.bits == 4:
             u = self.q.to(torch.uint8)
             qweight = u[:, 0::2] | (u[:, 1::2] << 4)  # low nibble = even column
-        elif self.grid.symmetric:
+        elif self.grid.bits == 8 and self.grid.symmetric:
             qweight = self.q.to(torch.int8)
-        else:
+        else:  # int5 (one value per byte) and asymmetric int8
             qweight = self.q.to(torch.uint8)
         out = {f"{name}.qweight": qweight.contiguous(), f"{name}.scales": self.scale.contiguous()}
         if self.zero is not None:

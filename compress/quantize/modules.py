@@ -49,9 +49,15 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def apply_qtensor(model: nn.Module, name: str, qt: QTensor, *, activations: str | None = None) -> None:
     """Replace the weight of module ``name`` by ``qt``'s dequantized values (in place, so a tied
     lm_head follows its embeddings), wrapping it for dynamic int8 activations if asked."""
+    apply_weight(model, name, qt.dequantize(), activations=activations)
+
+
+@torch.no_grad()
+def apply_weight(model: nn.Module, name: str, w: torch.Tensor, *, activations: str | None = None) -> None:
+    """Like :func:`apply_qtensor`, given the dequantized weight itself (the artifact loader's path)."""
     mod = get_module(model, name)
-    if tuple(mod.weight.shape) != qt.shape:
-        raise ValueError(f"{name}: weight {tuple(mod.weight.shape)} but quantized tensor {qt.shape}")
-    mod.weight.copy_(qt.dequantize())
+    if tuple(mod.weight.shape) != tuple(w.shape):
+        raise ValueError(f"{name}: weight {tuple(mod.weight.shape)} but quantized tensor {tuple(w.shape)}")
+    mod.weight.copy_(w)
     if activations == "int8-dynamic" and isinstance(mod, nn.Linear) and not isinstance(mod, W8A8Linear):
         set_module(model, name, W8A8Linear.wrap(mod))
