@@ -3,8 +3,10 @@ calls the stage; bad input becomes one line on stderr and exit code 2 (``--debug
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -23,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import load_config_file
-from .errors import CompressError
+from .errors import CompressError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make language models small and fast for laptops and phones, with the evidence.")
@@ -194,12 +196,49 @@ __import__("compress.prune.cli", fromlist=["register"]).register(app)  # issue #
 __import__("compress.distill.cli", fromlist=["register"]).register(app)  # issue #6: compress distill
 
 
+def _finite_floats(cmd) -> None:
+    """typer reads 'inf' and 'nan' as floats; no option of ours means either (`--lr inf` trained NaNs),
+    so every command's float options are checked once here, before the command runs."""
+    for sub in getattr(cmd, "commands", {}).values():
+        _finite_floats(sub)
+    callback = getattr(cmd, "callback", None)
+    if callback is None:
+        return
+    flags = {p.name: (p.opts[0] if getattr(p, "opts", None) else p.name) for p in cmd.params}
+
+    @functools.wraps(callback)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{flags.get(name, name)}: {v} is not a finite number")
+        return callback(*args, **kwargs)
+
+    cmd.callback = checked
+
+
+def _usage_line(e, argv: list[str]) -> str:
+    """click's usage error as one line (its usage block and 'Try --help' hint are left out), naming the
+    option and the value given when it is a bad value."""
+    text = "; ".join(ln.strip() for ln in e.format_message().splitlines() if ln.strip()).rstrip(".")
+    opts = list(getattr(getattr(e, "param", None), "opts", None) or [])
+    if isinstance(e, _cx.BadParameter) and opts:
+        given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in opts]
+        given += [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in opts and "=" in a]
+        if given:
+            reason = e.message.rstrip(".") if isinstance(e.message, str) else text
+            return f"{opts[0]}: {given[-1]!r} is not valid ({reason})"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: typed errors → one line and exit 2; Ctrl-C → exit 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        rc = typer.main.get_command(app).main(args=argv, prog_name="compress", standalone_mode=False)
+        command = typer.main.get_command(app)
+        _finite_floats(command)
+        rc = command.main(args=argv, prog_name="compress", standalone_mode=False)
         if rc == 130:  # typer turns Ctrl-C into Exit(130) itself, so the except below never sees it
             err.print("interrupted")
         return rc if isinstance(rc, int) else 0
@@ -214,8 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         err.print(Text("error: ", style="red") + Text(f"{e.strerror or e}{where}"), highlight=False, soft_wrap=True)
         return 2
+    except _cx.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `compress`: the help is the answer
+            e.show()
+            return e.exit_code
+        err.print(Text("error: ", style="red") + Text(_usage_line(e, argv)), highlight=False, soft_wrap=True)
+        return 2
     except _cx.ClickException as e:
-        e.show()
+        err.print(Text("error: ", style="red") + Text(e.format_message()), highlight=False, soft_wrap=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from .errors import ConfigError
+from .finite import require_finite_tree
 
 C = TypeVar("C", bound="StageConfig")
 
@@ -72,6 +73,9 @@ class StageConfig:
                 f"{self.KIND}.version: {self.version} is newer than this compress understands "
                 f"(<= {type(self).VERSION}); upgrade compress"
             )
+        # every float field of every stage, once, here: NaN passes every `x > 0` test a validate() writes
+        for f in dataclasses.fields(self):
+            require_finite_tree(getattr(self, f.name), f"{self.KIND}.{f.name}", ConfigError)
         self.validate()
 
     def validate(self) -> None:

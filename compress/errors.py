@@ -43,3 +43,7 @@ class ExportMismatchError(CompressError):
 
 class MissingBackendError(CompressError):
     """An optional runtime or library is not installed; the message carries the install command."""
+
+
+class NonFiniteError(CompressError):
+    """A number (an option, a config field, a metric, a weight, a loss) is NaN or infinite."""

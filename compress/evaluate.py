@@ -29,7 +29,7 @@ import torch
 
 from .config import StageConfig, register_config
 from .data import TASKS, load_mc_task, load_text, text_windows, tokenize_text, uses_bos
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError
 from .memory import trim_heap
 from .progress import track
 
@@ -131,8 +131,15 @@ def score_windows(runtime, windows, *, reference=None) -> dict[str, float]:
         # window's are computed, not after (and the log-softmax blocks' heap pages with them)
         del logits, ref
         trim_heap()
-    out = {"tokens": n, "perplexity": math.exp(nll_sum / n)}
+    mean = nll_sum / n
+    if not mean < 709:  # NaN, inf, or exp() past the float range: never a perplexity printed as nan
+        raise NonFiniteError(f"{runtime.name}: mean negative log-likelihood is {mean:.4g} over {n} tokens; the "
+                             "model's logits are not finite (NaN/inf weights or an overflow) - no perplexity")
+    out = {"tokens": n, "perplexity": math.exp(mean)}
     if reference is not None:
+        if not math.isfinite(kl_sum):
+            raise NonFiniteError(f"{reference.name}: KL against the reference is {kl_sum} over {n} tokens; the "
+                                 "reference's logits are not finite")
         out["kl"] = max(kl_sum / n, 0.0)  # float rounding can leave -1e-9 for identical models
         out["top1_agreement"] = agree / n
     return out

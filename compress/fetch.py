@@ -55,7 +55,7 @@ def fetch(cfg: FetchConfig, *, force: bool = False) -> Path:
                 return out
         except ArtifactError:
             pass
-        with ArtifactWriter(out, stage="fetch", config=cfg, input_id=input_id, force=True) as art:
+        with ArtifactWriter(out, stage="fetch", config=cfg, input_id=input_id, force=True, inputs=[gguf]) as art:
             step("dequantizing the GGUF into transformers")
             model, tok = load_gguf(gguf)
             step("checking against llama.cpp on the same tokens")

@@ -5,8 +5,8 @@
         art.report["perplexity"] = 12.3
     # out_dir now exists, with manifest.json written last
 
-The writer fills a hidden sibling ``.NAME.tmp-PID-XXXX`` and renames it into place only after the
-manifest is written, so a crash, Ctrl-C or kill -9 never leaves a directory under the final name. The
+The writer fills a hidden sibling ``.NAME.tmp-PID-XXXXXXXX`` (NAME shortened to keep the name legal)
+and renames it into place only after the manifest is written, so a crash, Ctrl-C or kill -9 never leaves a directory under the final name. The
 manifest records file sizes, so a truncated file is caught when the artifact is read back.
 """
 
@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -26,10 +27,11 @@ import time
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .config import StageConfig
 from .errors import ArtifactError
+from .outputs import check_no_overlap, sweep_stale_temps, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +106,14 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     if not mf.is_file():
         raise ArtifactError(f"{d}: no {MANIFEST} (not a compress artifact, or an unfinished one)")
     try:
-        raw = json.loads(mf.read_text())
-        if isinstance(raw, dict) and raw.get("schema", 0) > SCHEMA_VERSION:
+        raw = json.loads(mf.read_text(), object_pairs_hook=unique_keys(str(mf)))
+        if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA_VERSION:
             raise ArtifactError(f"{mf}: manifest schema {raw['schema']} is newer than this compress "
                                 f"understands ({SCHEMA_VERSION}); upgrade compress")
         m = Manifest(**raw)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mf}: corrupt manifest ({e})") from None
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"{mf}: corrupt manifest ({str(e).splitlines()[0]})") from None
+    _check_types(m, mf)
     if check_files:
         for name, size in m.files.items():
             f = d / name
@@ -120,6 +123,56 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
             if actual != size:
                 raise ArtifactError(f"{f}: corrupt artifact, {actual} bytes but the manifest says {size}")
     return m
+
+
+def unique_keys(where: str):
+    """A json ``object_pairs_hook`` refusing a key given twice (json keeps the last one silently)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ValueError(f"{where}: key {k!r} given twice")
+            out[k] = v
+        return out
+
+    return hook
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# field -> (check, what it must be); a manifest someone edited by hand must fail here, in one line,
+# not as a traceback in whichever command reads the field later
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "stage": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "input_id": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "content_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "an object of version strings"),
+    "git_revision": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "wall_time_s": (lambda v: _is_num(v) and math.isfinite(v) and v >= 0, "a number of seconds"),
+    "report": (lambda v: isinstance(v, dict), "an object"),
+    "files": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and _is_num(n) and isinstance(n, int) and n >= 0 for k, n in v.items()),
+        "an object of file name -> size in bytes"),
+    "created": (lambda v: isinstance(v, str), "a string"),
+    "schema": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+}
+
+
+def _check_types(m: Manifest, mf: Path) -> None:
+    for name, (ok, what) in _FIELD_TYPES.items():
+        value = getattr(m, name)
+        if not ok(value):
+            shown = json.dumps(value, default=str)
+            raise ArtifactError(f"{mf}: corrupt manifest, {name!r} must be {what}, got "
+                                f"{shown[:60] + '...' if len(shown) > 60 else shown}")
+    for name in m.files:  # listed files stay inside the artifact: no absolute paths, no '..'
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or name in ("", "."):
+            raise ArtifactError(f"{mf}: corrupt manifest, file {name!r} is not a path inside the artifact")
 
 
 def is_complete(path: str | Path, content: str | None = None) -> bool:
@@ -134,24 +187,28 @@ def is_complete(path: str | Path, content: str | None = None) -> bool:
 class ArtifactWriter:
     """Context manager that builds an artifact in a temporary sibling and renames it into place.
 
-    Refuses an existing non-empty ``out_dir`` unless ``force``. On any exception (KeyboardInterrupt
-    included) the temporary directory is removed and the exception propagates.
+    Refuses an output that overlaps one of ``inputs`` (model/data arguments as the user gave them),
+    and an existing non-empty ``out_dir`` unless ``force`` and it is one of our artifacts. On any
+    exception (KeyboardInterrupt included) the temporary directory is removed and the exception
+    propagates.
     """
 
     def __init__(self, out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None,
-                 force: bool = False):
-        self.out_dir = Path(out_dir).absolute()
+                 force: bool = False, inputs: Iterable[str | Path | None] = ()):
+        # resolved: with --out LINK the artifact goes where the link points and the link stays valid
+        self.out_dir = Path(out_dir).expanduser().resolve()
         self.stage, self.config, self.input_id, self.force = stage, config, input_id, force
+        self.inputs = list(inputs)
         self.content_id = content_id(stage, config, input_id)
         self.report: dict[str, Any] = {}
         self.path: Path = self.out_dir  # replaced by the temporary directory on enter
         self._t0 = 0.0
 
     def __enter__(self) -> ArtifactWriter:
-        check_writable_target(self.out_dir, force=self.force)
+        check_writable_target(self.out_dir, force=self.force, inputs=self.inputs)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.out_dir)
-        self.path = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        sweep_stale_temps(self.out_dir.parent)
+        self.path = temp_name(self.out_dir, ".tmp-", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.path.mkdir()
         self._t0 = time.perf_counter()
         return self
@@ -167,6 +224,9 @@ class ArtifactWriter:
             raise
 
     def _finish(self) -> None:
+        from .finite import check_artifact_finite
+
+        check_artifact_finite(self.path)  # an artifact of NaN/inf weights must never look complete
         files = {}
         for f in sorted(self.path.rglob("*")):
             if f.is_file() and f.name != MANIFEST:
@@ -176,8 +236,9 @@ class ArtifactWriter:
                      wall_time_s=round(time.perf_counter() - self._t0, 3), report=self.report, files=files,
                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         _write_atomic(self.path / MANIFEST, m.to_json())
-        if self.out_dir.exists():  # only reachable with force (checked on enter)
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        if self.out_dir.exists():  # only reachable with force, on one of our artifacts (checked on enter)
+            check_writable_target(self.out_dir, force=self.force, inputs=self.inputs)  # still ours, still no input
+            trash = temp_name(self.out_dir, ".old-", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
             os.rename(self.out_dir, trash)
             os.rename(self.path, self.out_dir)
             shutil.rmtree(trash, ignore_errors=True)
@@ -187,12 +248,27 @@ class ArtifactWriter:
         log.info("wrote %s (%s)", self.out_dir, self.content_id)
 
 
-def check_writable_target(out_dir: Path, *, force: bool) -> None:
+def check_writable_target(out_dir: Path, *, force: bool, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse, before any work, an output that would destroy data.
+
+    ``inputs`` are every model, artifact and data argument of the stage (paths, bundled names,
+    ``LABEL=PATH``): the output may not equal, contain or lie inside one. An existing non-empty output
+    is replaced only with ``force``, and only when it is one of our artifacts (a readable manifest):
+    a folder of the user's own files is never removed, whatever the flags."""
+    check_no_overlap(out_dir, inputs)
+    out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ArtifactError(f"{out_dir}: exists and is not a directory")
-        if any(out_dir.iterdir()) and not force:
-            raise ArtifactError(f"{out_dir}: output directory exists and is not empty (use --force to replace it)")
+        if any(out_dir.iterdir()):
+            if not force:
+                raise ArtifactError(f"{out_dir}: output directory exists and is not empty (use --force to replace it)")
+            try:
+                read_manifest(out_dir, check_files=False)  # a truncated weight file of ours may still be replaced
+            except ArtifactError:
+                raise ArtifactError(f"{out_dir}: output directory is not a compress artifact (no readable "
+                                    f"{MANIFEST}); --force only replaces what compress wrote, so it is left "
+                                    "untouched - choose another --out or empty it yourself") from None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -202,27 +278,6 @@ def _write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _remove_stale_temps(out_dir: Path) -> None:
-    """Remove temporaries of earlier runs whose process is gone (kill -9 leaves them behind)."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -128,6 +128,7 @@ def _load_gguf(src: ModelSource, *, verify: bool) -> LoadedModel:
 
     check_gguf(src.path)
     model, tok = load_gguf(src.path)
+    _require_finite(model, src.path)
     checks = compare(model, tok, src.path) if verify else {}
     return LoadedModel(model, tok, src, "gguf:" + file_digest(src.path)[:16], checks)
 
@@ -151,6 +152,7 @@ def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_re
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"{folder}: transformers cannot load this folder ({_first_line(e)})") from None
     model.eval()
+    _require_finite(model, folder)
     checks: dict[str, Any] = {}
     if manifest is not None and "llamacpp_perplexity" in manifest.report and verify:
         checks = _reload_check(model, folder, manifest.report)
@@ -183,6 +185,16 @@ def _load_hub(src: ModelSource, *, allow_pickle: bool, trust_remote_code: bool) 
         raise ModelLoadError(f"{src.spec}: cannot load from the hub ({_first_line(e)})") from None
     model.eval()
     return LoadedModel(model, tok, src, "hub:" + src.spec)
+
+
+def _require_finite(model, where: Path) -> None:
+    """A model with NaN/inf weights scores perplexity nan and exports a broken file: refused on load."""
+    from .finite import nonfinite_tensors
+
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise ModelLoadError(f"{where}: non-finite weights in {len(bad)} tensor(s): {', '.join(bad[:8])}"
+                             + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
 
 
 def _folder_id(folder: Path, weights: tuple[Path, ...]) -> str:

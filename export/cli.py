@@ -57,7 +57,7 @@ def _gguf_dry_run(req: ExportRequest, cfg) -> None:
     from export.gguf.source import open_source
 
     src = open_source(req.artifact)
-    check_writable_target(Path(req.out).absolute(), force=req.force)
+    check_writable_target(Path(req.out).absolute(), force=req.force, inputs=[req.artifact])
     spec, dims, plan, _md, tok = prepare(src, cfg)
     s = summarize(plan)
     kq = " (F32, then llama.cpp quantizes to " + cfg.qtype + ")" if cfg.qtype.endswith(("_K", "_K_M")) else ""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
+import os
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -11,6 +13,25 @@ import numpy as np
 
 from compress.config import suggest
 from compress.errors import ConfigError, MissingBackendError
+
+
+_SAID: set[tuple[int, int]] = set()
+
+
+def usable_threads(requested: int) -> int:
+    """``requested`` clamped to this machine's cores, said once per process when it changes anything.
+
+    Every runtime asks here before it starts a thread pool: `--threads 100000` made llama.cpp segfault
+    and onnxruntime start threads until the machine stopped answering (load average 538)."""
+    cores = os.cpu_count() or 1
+    n = max(1, int(requested))
+    if n <= cores:
+        return n
+    if (n, cores) not in _SAID:
+        _SAID.add((n, cores))
+        logging.getLogger("compress").warning("%d threads asked for; this machine has %d cores, using %d",
+                                              n, cores, cores)
+    return cores
 
 
 @dataclasses.dataclass(frozen=True)

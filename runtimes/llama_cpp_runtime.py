@@ -19,7 +19,7 @@ import numpy as np
 
 from compress.errors import ArtifactError, MissingBackendError
 
-from .base import DeviceProfile, Generation
+from .base import DeviceProfile, Generation, usable_threads
 
 STAGE = "export-gguf"
 INSTALL = "pip install llama-cpp-python"
@@ -71,7 +71,8 @@ class LlamaCppRuntime:
         # llama.cpp evaluates at most n_batch tokens per decode call: one call per window keeps the
         # arithmetic the same as a single forward pass elsewhere
         self.llm = llama_cpp.Llama(model_path=str(self.path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
-                                   n_threads=profile.threads, n_threads_batch=profile.threads, verbose=False)
+                                   n_threads=usable_threads(profile.threads),
+                                   n_threads_batch=usable_threads(profile.threads), verbose=False)
 
     def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
         ids = list(token_ids)

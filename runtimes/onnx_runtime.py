@@ -22,7 +22,7 @@ import numpy as np
 
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
-from .base import DeviceProfile, Generation
+from .base import DeviceProfile, Generation, usable_threads
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def make_session(path: str | Path, threads: int, providers: list | None = None):
     """A session with every graph optimization, ``threads`` intra-op threads and no inter-op pool, on
     ``providers`` (default :func:`execution_providers`). Which provider it got: :func:`session_provider`."""
     ort = _ort()
+    threads = usable_threads(threads)
     providers = execution_providers(threads) if providers is None else providers
     xnnpack = XNNPACK in map(provider_name, providers)
     so = ort.SessionOptions()

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .base import DeviceProfile, Generation
+from .base import DeviceProfile, Generation, usable_threads
 
 
 class TorchRuntime:
@@ -24,7 +24,7 @@ class TorchRuntime:
              trust_remote_code: bool = False) -> None:
         from compress.models import load_model
 
-        torch.set_num_threads(profile.threads)
+        torch.set_num_threads(usable_threads(profile.threads))
         self.use(load_model(artifact, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
 
     def use(self, loaded) -> "TorchRuntime":

@@ -122,9 +122,18 @@ def test_existing_non_empty_output_is_refused_unless_force(tmp_path):
         _write(out)
     assert _entries(out) == ["precious.txt"]
     assert _entries(tmp_path) == ["art"]
+    # issue 17: --force replaces only what compress wrote; a folder of the user's files stays as it was
+    with pytest.raises(ArtifactError, match="not a compress artifact"):
+        _write(out, force=True)
+    assert _entries(out) == ["precious.txt"] and _entries(tmp_path) == ["art"]
 
+
+def test_force_replaces_one_of_our_artifacts(tmp_path):
+    out = tmp_path / "art"
+    _write(out, cfg=EvalConfig(window=64, stride=64))
+    (out / "weights.bin").write_bytes(b"x")  # a truncated file of ours may still be replaced
     _write(out, force=True)
-    assert _entries(out) == [MANIFEST, "sub", "weights.bin"]
+    assert _entries(out) == [MANIFEST, "sub", "weights.bin"] and read_manifest(out).config["window"] == 512
     assert _entries(tmp_path) == ["art"]  # the replaced directory is not left behind
 
 

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from runtimes.base import usable_threads
+
 from ..errors import ArtifactError, MissingBackendError
 from .config import ChatConfig
 from .template import ChatTemplate
@@ -106,7 +108,8 @@ class LlamaCppBackend:
         self.cfg, self.path = cfg, gguf
         try:
             with captured_output() as text:
-                self.llm = llama_cpp.Llama(str(gguf), n_ctx=cfg.context, n_threads=threads, n_threads_batch=threads,
+                n = usable_threads(threads)
+                self.llm = llama_cpp.Llama(str(gguf), n_ctx=cfg.context, n_threads=n, n_threads_batch=n,
                                            seed=cfg.seed, verbose=False)
         except (ValueError, RuntimeError) as e:
             lines = [ln for ln in text().splitlines() if "error" in ln.lower()] or [str(e)]

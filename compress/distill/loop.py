@@ -21,9 +21,12 @@ from typing import Any, Callable
 
 import torch
 
+from runtimes.base import usable_threads
+
 from ..data import load_text, text_windows, tokenize_text, uses_bos
 from ..errors import ArtifactError, CompressError, ConfigError
 from ..manifest import ArtifactWriter, check_writable_target
+from ..outputs import check_no_overlap
 from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import DistillConfig
 from .data import OrderedSamples, SampleOrder, TokenSequences, check_enough
@@ -98,7 +101,10 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
     cfg.require_student()
     out = Path(out_dir).absolute()
     ck = CheckpointDir(Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out))
-    check_writable_target(out, force=force)
+    inputs = (cfg.teacher, cfg.student, cfg.data, cfg.eval_data)
+    check_writable_target(out, force=force, inputs=inputs)
+    # --force clears the checkpoint folder's step-* folders: it may not be, hold or sit in an input or the output
+    check_no_overlap(ck.path, (*inputs, out), what="checkpoint directory")
     ck.check_writable()
     if ck.steps() and not resume:
         if not force:
@@ -106,7 +112,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
                                 "use --resume to continue it or --force to start over")
         ck.clear()
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(usable_threads(threads))
     t_tok, s_tok = load_tokenizer(cfg.teacher), load_tokenizer(cfg.student)
     check_same_vocab(cfg.teacher, t_tok, cfg.student, s_tok)
     acc = Accelerator()
@@ -155,6 +161,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
     def save(step: int) -> Path:
         t = time.perf_counter()
         path = ck.path / f"step-{step:06d}"
+        _require_finite_weights(acc.unwrap_model(student), step)
         if acc.is_main_process:
             path = ck.save(step, {"model": acc.unwrap_model(student).state_dict(), "optimizer": opt.state_dict(),
                                   "scheduler": sched.state_dict(), "rng": rng_state(), "config": cfg.to_dict(),
@@ -215,6 +222,7 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
                 return None
     final = acc.unwrap_model(student)
     final.eval()
+    _require_finite_weights(final, step)
     tokens = cfg.steps * global_batch * cfg.seq_len
     train_s = secs["teacher"] + secs["student"]
     report: dict[str, Any] = {
@@ -230,12 +238,22 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
         "teacher_logits_bytes_per_step": cfg.tokens_per_step * acc.num_processes * int(final.config.vocab_size) * 2,
     }
     if acc.is_main_process:
-        with ArtifactWriter(out, stage="distill", config=cfg, input_id=student_lm.model_id, force=force) as art:
+        with ArtifactWriter(out, stage="distill", config=cfg, input_id=student_lm.model_id, force=force,
+                            inputs=inputs) as art:
             final.save_pretrained(str(art.path))
             report["tokenizer_files"] = copy_tokenizer_files(source_folder(cfg.student), art.path, s_tok)
             art.report.update(report)
     acc.wait_for_everyone()
     return out
+
+
+def _require_finite_weights(model, step: int) -> None:
+    """A finite loss does not prove finite weights (lr=inf makes them inf after one finite step):
+    nothing non-finite is saved as a checkpoint or an artifact."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise TrainingDivergedError(f"distill step {step}: weight {name} holds NaN or inf; stopped before "
+                                        "saving it (lower --lr, then --resume from the last checkpoint)")
 
 
 def _last_good(student, ck: CheckpointDir, step: int, save, acc) -> Path | None:

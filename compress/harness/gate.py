@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from compress.errors import ConfigError
+from compress.finite import is_finite_number
 from compress.manifest import read_manifest
 
 from .runner import read_rows
@@ -93,6 +95,12 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     rows = data.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "label" in r and "runtime" in r for r in rows):
         raise ConfigError(f"{p}: malformed baseline, 'rows' must be a list of objects with label and runtime")
+    for i, r in enumerate(rows):  # a NaN baseline figure makes every comparison with it pass
+        for metric in _RULES:
+            v = r.get(metric)
+            if v is not None and not is_finite_number(v):
+                raise ConfigError(f"{p}: malformed baseline, rows[{i}] ({r['label']}, {r['runtime']}) {metric} is "
+                                  f"{v!r}, not a finite number")
     return data
 
 
@@ -123,12 +131,13 @@ def check(run_dir: str | Path, baseline_path: str | Path, cfg: CheckConfig = Che
             if bv is None:
                 continue
             tol = getattr(cfg, tol_name)
+            # a current figure that is NaN/inf (or missing) is a regression, never a pass by a False comparison
             if higher:
                 limit = bv * (1 - tol) if relative else bv - tol
-                bad = cv is None or cv < limit - 1e-12
+                bad = not is_finite_number(cv) or cv < limit - 1e-12
             else:
                 limit = bv * (1 + tol) if relative else bv + tol
-                bad = cv is None or cv > limit + 1e-12
+                bad = not is_finite_number(cv) or cv > limit + 1e-12
             lines.append(dict(label=key[0], runtime=key[1], metric=metric, baseline=bv, current=cv, limit=limit,
                               status="REGRESSED" if bad else "ok"))
     for key in now:
@@ -149,5 +158,7 @@ def parse_tolerances(spec: str | None, latency: bool, base: CheckConfig | None =
             data[name.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"--tolerance: {name.strip()}={value!r} is not a number") from None
+        if not math.isfinite(data[name.strip()]):  # a NaN limit compares False: every regression would pass
+            raise ConfigError(f"--tolerance: {name.strip()}={value.strip()} is not a finite number")
     data["latency"] = latency or data.get("latency", False)
     return CheckConfig.from_dict(data, where="--tolerance")

@@ -18,6 +18,7 @@ from typing import Any
 
 from compress.config import read_yaml_file, suggest
 from compress.errors import ConfigError
+from compress.finite import is_finite_number
 from runtimes.base import DeviceProfile
 
 SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
@@ -61,8 +62,9 @@ def profile_from_dict(data: Any, *, where: str, default_name: str = "custom") ->
     budgets = {}
     for k in ("memory_budget_mb", "storage_budget_mb"):
         v = data.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-            raise ConfigError(f"{where}: {k} must be a positive number of MB or null, got {v!r}")
+        # not `v <= 0` alone: .nan passes it and then every `fits` comparison is False (no guard at all)
+        if v is not None and (not is_finite_number(v) or v <= 0):
+            raise ConfigError(f"{where}: {k} must be a positive finite number of MB or null, got {v!r}")
         budgets[k] = None if v is None else float(v)
     return DeviceProfile(name=str(data.get("name", default_name)), threads=threads,
                          preferred_runtime=str(data.get("preferred_runtime", "pytorch")), **budgets)

@@ -144,7 +144,7 @@ def _run_check(step, ctx) -> Path:
 
     result = check(ctx.path_of(step.inputs[0]), step.extra["baseline"], step.config)
     with ArtifactWriter(step.out, stage="check", config=step.config, input_id=_check_input_id(step, ctx),
-                        force=ctx.force(step)) as art:
+                        force=ctx.force(step), inputs=[ctx.path_of(step.inputs[0]), step.extra["baseline"]]) as art:
         (art.path / "check.txt").write_text(result.table() + "\n")
         art.report.update({"passed": bool(result.passed), "baseline": str(step.extra["baseline"]),
                            "bench": str(ctx.path_of(step.inputs[0]))})

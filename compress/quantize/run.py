@@ -59,14 +59,14 @@ def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False
         step("checking the input")
         refuse_quantized_input(model)
         if not dry_run and not (out.exists() and is_complete(out)):
-            check_writable_target(out, force=force)
+            check_writable_target(out, force=force, inputs=(model, cfg.calib))
         step("loading the model")
         lm = load_model(model)
         if not force and not dry_run and is_complete(out, content_id("quantize", cfg, lm.model_id)):
             log.warning("%s already holds this quantization (same content id): kept", out)
             return out
         if not dry_run and out.exists() and is_complete(out):
-            check_writable_target(out, force=force)
+            check_writable_target(out, force=force, inputs=(model, cfg.calib))
         check_finite(lm.model)
         plan = make_plan(lm.model, cfg)  # lists every layer the group size does not fit
         calib = None
@@ -75,7 +75,8 @@ def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False
                                     seq_len=cfg.seq_len, seed=cfg.seed)
         if dry_run:
             return plan
-        with ArtifactWriter(out, stage="quantize", config=cfg, input_id=lm.model_id, force=force) as art:
+        with ArtifactWriter(out, stage="quantize", config=cfg, input_id=lm.model_id, force=force,
+                            inputs=(model, cfg.calib)) as art:
             # one copy of the model: the unquantized logits go to disk now, instead of a deep copy of
             # the fp32 model kept beside the quantized one (scoring.py)
             if cfg.eval_tokens:

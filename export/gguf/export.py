@@ -60,9 +60,10 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
         if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
             log.info("%s already holds this export; reusing it", out_dir)
             return out_dir / gguf_filename(cfg)
-        check_writable_target(out_dir, force=force)  # before any work
+        check_writable_target(out_dir, force=force, inputs=[artifact])  # before any work
         spec, dims, plan, metadata, tok_info = prepare(src, cfg)
-        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=src.input_id, force=force) as art:
+        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=src.input_id, force=force,
+                            inputs=[artifact]) as art:
             target = art.path / gguf_filename(cfg)
             t0 = time.perf_counter()
             step(f"writing {target.name}")

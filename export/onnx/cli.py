@@ -59,7 +59,7 @@ def _dry_run(req, cfg) -> None:
     from .plan import make_plan
     from .weights import open_weights
 
-    check_writable_target(Path(req.out).absolute(), force=req.force)
+    check_writable_target(Path(req.out).absolute(), force=req.force, inputs=[req.artifact])
     lm = _load(req.artifact)
     spec = spec_for(lm.model.config)
     dims = model_dims(lm.model, spec)

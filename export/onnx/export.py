@@ -53,7 +53,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
     out_dir = Path(out_dir).absolute()
     earlier = not force and is_complete(out_dir)
     if not earlier:
-        check_writable_target(out_dir, force=force)  # before minutes of loading
+        check_writable_target(out_dir, force=force, inputs=[artifact])  # before minutes of loading
     cheap_id = _input_id(artifact)
     if earlier and cheap_id and is_complete(out_dir, content_id(STAGE, cfg, cheap_id)):
         log.info("%s already holds this export; reusing it", out_dir)
@@ -65,13 +65,14 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             if is_complete(out_dir, content_id(STAGE, cfg, lm.model_id)):
                 log.info("%s already holds this export; reusing it", out_dir)
                 return out_dir / MODEL_FILE
-            check_writable_target(out_dir, force=force)
+            check_writable_target(out_dir, force=force, inputs=[artifact])
         spec = spec_for(lm.model.config)
         dims = model_dims(lm.model, spec)
         src = open_weights(lm)
         plan = make_plan(src, dims, cfg)
         length = min(cfg.max_length or dims.max_positions, dims.max_positions)
-        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=lm.model_id, force=force) as art:
+        with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=lm.model_id, force=force,
+                            inputs=[artifact]) as art:
             # PyTorch's side of the check comes first: its model is freed once its weights are in the graph
             reference = reference_logits(lm.model, lm.tokenizer, cfg.check_tokens)
             config, generation_config = lm.model.config, getattr(lm.model, "generation_config", None)

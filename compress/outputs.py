@@ -1,0 +1,121 @@
+"""Where a stage may write: outputs never overlap inputs, temporaries are short and swept.
+
+    paths = input_paths("smollm2-135m")           # [<cache>/models/smollm2-135m, <package folder>]
+    check_no_overlap(Path("out/q4"), ["runs/fp32", "calib.txt"])   # ArtifactError if they overlap
+
+A user typed ``compress export ART --out ART --force`` and lost ART: the writer replaced the output,
+which was also the input. Every stage therefore resolves its output and every input (symlinks
+followed) before any work and refuses an output that equals, contains or lies inside an input.
+Inputs are given as the user gave them (a folder, a file, a bundled name, ``LABEL=PATH``); names
+that are no local path (hub ids, bundled text names) hold nothing we could delete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ArtifactError
+
+# A file name may have at most 255 bytes (NAME_MAX on Linux and macOS); our hidden sibling adds
+# ".", ".tmp-PID-xxxxxxxx": a legal 240-byte output name must not become an illegal temp name.
+_NAME_MAX = 255
+# exactly what temp_name(out, ".tmp-"/".old-", f"{pid}-{uuid8}") makes: a user's own hidden files never match
+_TEMP_RE = re.compile(r"\..+\.(?:tmp|old)-(\d+)-[0-9a-f]{8}")
+
+
+def input_paths(spec: str | Path | None) -> list[Path]:
+    """The local paths (resolved) that a model/data/artifact argument reads; [] when none."""
+    if spec is None or str(spec) == "":
+        return []
+    s = str(spec)
+    p = Path(s).expanduser()
+    if not p.exists() and "=" in s:  # bench's LABEL=PATH
+        return input_paths(s.partition("=")[2])
+    if p.exists() or p.is_symlink():
+        found = [p.resolve()]
+        if p.is_dir():  # a snapshot folder of links (the hub cache's layout): the files they point at count too
+            try:
+                found += [c.resolve() for c in p.iterdir() if c.is_symlink()]
+            except OSError:
+                pass
+        return found
+    from .bundled import BUNDLED, cache_root
+
+    if s in BUNDLED:
+        import importlib.util
+
+        found = [(cache_root() / "models" / s).resolve()]
+        pkg = importlib.util.find_spec(BUNDLED[s].package)  # finds, does not import
+        if pkg is not None and pkg.submodule_search_locations:
+            found.append(Path(pkg.submodule_search_locations[0]).resolve())
+        return found
+    return []
+
+
+def check_no_overlap(out_dir: str | Path, inputs: Iterable[str | Path | None], *, what: str = "output") -> None:
+    """Raise ArtifactError when ``out_dir`` equals, contains or lies inside one of ``inputs``."""
+    out = Path(out_dir).expanduser().resolve()
+    for spec in inputs:
+        for inp in input_paths(spec):
+            if out == inp:
+                rel = "is the input"
+            elif inp.is_relative_to(out):
+                rel = "contains the input"
+            elif out.is_relative_to(inp):
+                rel = "lies inside the input"
+            else:
+                continue
+            shown = f" {spec} ({inp})" if str(spec) != str(inp) else f" {inp}"
+            raise ArtifactError(f"{out_dir}: the {what} {rel}{shown}; writing there would destroy it "
+                                "- choose another --out")
+
+
+def temp_name(out_dir: Path, tag: str, suffix: str) -> Path:
+    """``.NAME.tmp-SUFFIX`` beside ``out_dir``, NAME shortened so the whole stays a legal file name."""
+    tail = f"{tag}{suffix}"
+    room = _NAME_MAX - 1 - len(tail.encode())
+    name = out_dir.name.encode()[:room].decode("utf-8", errors="ignore")
+    return out_dir.parent / f".{name}{tail}"
+
+
+def sweep_stale_temps(parent: Path) -> list[Path]:
+    """Remove our temporaries in ``parent`` whose process is gone (kill -9 leaves them behind).
+
+    Only hidden names of our pattern (``.X.tmp-PID-HEX8`` / ``.X.old-PID-HEX8``) with a dead PID are
+    touched; anything else, and anything of a live process, is left alone. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        pid = _temp_pid(p.name)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        if p.is_symlink() or not p.is_dir():
+            p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _temp_pid(name: str) -> int | None:
+    m = _TEMP_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a PID we wrote: leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
