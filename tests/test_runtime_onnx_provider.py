@@ -96,7 +96,9 @@ def test_bench_rows_record_the_provider_the_session_got(xnnpack_build, monkeypat
     profile = DeviceProfile(threads=1)
     row = runner._base_row(target, "onnxruntime", profile, profile, "")
     assert row["execution_provider"] == XNNPACK and row["xnnpack_available"] is True
-    monkeypatch.setattr(runner, "run_worker", measure)  # in this process, so the XNNPACK build is seen
+    # in this process, so the XNNPACK build is seen
+    monkeypatch.setattr(runner, "run_worker", lambda spec, **kw: {**measure(spec), "enforcement": {
+        "mechanism": "none", "limit_mb": None, "cores": []}})
     cfg = BenchConfig(prompt_tokens=4, new_tokens=3, warmup=0, repetitions=1)
     out = runner._latency(cfg, target, "onnxruntime", profile, [5, 6, 7, 8], None)
     assert out["execution_provider"] == XNNPACK

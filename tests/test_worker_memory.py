@@ -79,11 +79,12 @@ def test_memory_status_splits_anonymous_and_file_backed(tmp_path):
 
 
 def _fake_worker(decode_tok_s: float):
-    def run(spec):
+    def run(spec, **kw):
         run = {"ttft_s": 0.01, "prefill_tok_s": 100.0, "decode_tok_s": decode_tok_s, "new_tokens": 4, "total_s": 0.1}
         return {"runtime_version": "0", "load_s": 0.1, "runs": [run], "peak_rss_mb": 300.0, "rss_start_mb": 50.0,
                 "rss_loaded_mb": 200.0, "bytes_per_token": {"weights": 1e8, "kv": 0.0, "total": 1e8},
-                "memory": {"loaded": {"anon": 120.0, "file": 80.0}, "generated": {"anon": 150.0, "file": 90.0}}}
+                "memory": {"loaded": {"anon": 120.0, "file": 80.0}, "generated": {"anon": 150.0, "file": 90.0}},
+                "enforcement": {"mechanism": "none", "limit_mb": None, "cores": [0]}}
     return run
 
 
@@ -93,7 +94,9 @@ def test_roofline_fraction_above_one_is_refused_as_measurement_error(monkeypatch
     from compress.harness.targets import Target
 
     t = Target("x", "x", "export-gguf", "id", 1, {"llama.cpp": "x.gguf"}, None)
-    profile = type("P", (), {"threads": 1})()
+    from runtimes.base import DeviceProfile
+
+    profile = DeviceProfile(threads=1)
     # bound = 10 GB/s / 100 MB = 100 tok/s
     monkeypatch.setattr(runner, "run_worker", _fake_worker(80.0))
     ok = runner._latency(BenchConfig(), t, "llama.cpp", profile, [1, 2], 10.0)
@@ -102,3 +105,22 @@ def test_roofline_fraction_above_one_is_refused_as_measurement_error(monkeypatch
     monkeypatch.setattr(runner, "run_worker", _fake_worker(150.0))
     bad = runner._latency(BenchConfig(), t, "llama.cpp", profile, [1, 2], 10.0)
     assert bad["roofline_fraction"] is None and bad["roofline_refused"].startswith("1.50")
+
+
+def test_a_worker_killed_by_the_budget_is_a_measured_verdict_not_an_error(monkeypatch):
+    from compress.harness import runner
+    from compress.harness.config import BenchConfig
+    from compress.harness.tables import budget_table
+    from compress.harness.targets import Target
+    from runtimes.base import DeviceProfile
+
+    why = "over profile 'phone-lowend''s memory budget: killed under cgroup-v1 memory.limit_in_bytes = 1536 MB"
+    monkeypatch.setattr(runner, "run_worker", lambda spec, **kw: {"over_budget": why, "enforcement": {
+        "mechanism": "cgroup-v1 memory.limit_in_bytes", "limit_mb": 1536, "cores": [0, 1]}})
+    t = Target("big", "big", "export-onnx", "id", 1, {"onnxruntime": "model.onnx"}, None)
+    profile = DeviceProfile(name="phone-lowend", threads=2, memory_budget_mb=1536)
+    row = runner._latency(BenchConfig(), t, "onnxruntime", profile, [1, 2], None)
+    assert row["fits_memory_enforced"] is False and row["memory_verdict"] == why and "decode_tok_s" not in row
+    row.update(label="big", runtime="onnxruntime", file_mb=900.0, fits_memory=False, fits_storage=False)
+    cols, body = budget_table([row], {"memory_budget_mb": 1536, "storage_budget_mb": 300})
+    assert "TOO BIG: over profile 'phone-lowend'" in body[0][-1]

@@ -52,6 +52,14 @@ def run_chat(artifact: Path, cfg, *, profile_name: str | None = None, once: str 
 
         profile = load_profile(profile_name)
         check_budget(artifact, profile)
+        # the prediction above refuses early; from here the operating system holds the process to the
+        # profile (its cores, its memory budget), as the device would
+        from compress.harness.enforce import apply_to_self
+
+        held = apply_to_self(profile)
+        if held.limit_mb is not None:
+            print(f"[memory budget {held.limit_mb:.0f} MB enforced by {held.mechanism}; "
+                  f"{len(held.cores)} cores pinned]", file=sys.stderr)
         if threads is None:
             # the bench's rule: a 4-thread phone profile on a 2-core laptop would time the OS scheduler
             # (llama.cpp's spinning pool collapses when oversubscribed), so run at most one thread a core

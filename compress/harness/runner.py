@@ -95,7 +95,10 @@ def bench(cfg: BenchConfig, artifacts: list[str | Path], out_dir: str | Path, *,
                 rows[(t.label, r)].update(_latency(cfg, t, r, profile, prompt, bw))
         step("writing the run")
         for (label, r), row in rows.items():
+            measured = row.pop("fits_memory_enforced", None)
             row.update(verdicts(requested, row["file_mb"], row.get("peak_rss_mb")))
+            if measured is not None:  # ran (or died) under the enforced budget: that is the verdict
+                row["fits_memory"] = measured
         meta["load_average_end"] = os.getloadavg()
         with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=input_id, force=force, inputs=inputs) as art:
             with open(art.path / ROWS, "w") as fh:
@@ -207,7 +210,16 @@ def _prompt_ids(tokenizer, cfg: BenchConfig) -> list[int]:
 def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float | None) -> dict[str, Any]:
     spec = {"runtime": runtime, "path": t.loaders[runtime], "profile": profile.__dict__, "prompt_ids": prompt,
             "new_tokens": cfg.new_tokens, "warmup": cfg.warmup, "repetitions": cfg.repetitions}
-    res = run_worker(spec)
+    from .enforce import Limits
+
+    limits = Limits.for_profile(profile)
+    res = run_worker(spec, limits=limits)
+    enforced = {"memory_enforcement": res["enforcement"]["mechanism"], "cores_pinned": res["enforcement"]["cores"]}
+    if limits.memory_mb is not None:
+        enforced["fits_memory_enforced"] = "over_budget" not in res
+    if "over_budget" in res:
+        log.warning("%s on %s: %s", runtime, t.label, res["over_budget"])
+        return {**enforced, "memory_verdict": res["over_budget"]}
     runs = res["runs"]
     out: dict[str, Any] = {"runtime_version": res["runtime_version"], "load_s": res["load_s"],
                            "reps": len(runs), "warmup": cfg.warmup, "prompt_tokens": len(prompt),
@@ -222,6 +234,7 @@ def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float
                 out[f"rss_{part}_{when}_mb"] = round(mem[part], 1)
     if "rss_loaded_mb" in res:
         out["peak_rss_loaded_mb"] = round(res["rss_loaded_mb"], 1)
+    out.update(enforced)
     if res.get("execution_provider"):
         out["execution_provider"] = res["execution_provider"]
     for k in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
@@ -245,23 +258,35 @@ def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float
     return out
 
 
-def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """Run :mod:`.worker` on ``spec`` in a fresh interpreter; typed errors come back as themselves."""
-    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
+def run_worker(spec: dict[str, Any], timeout: float = 1800, limits=None) -> dict[str, Any]:
+    """Run :mod:`.worker` on ``spec`` in a fresh interpreter; typed errors come back as themselves.
+
+    With ``limits`` (:class:`.enforce.Limits`) the worker is pinned to the profile's cores and held to its
+    memory budget by the operating system; a worker the budget kills comes back as ``{"over_budget": why}``,
+    the way the artifact would fail on the device."""
+    from .enforce import Limits
+
+    limits = limits or Limits(None, (), [])
+    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp, limits.applied() as child:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "COMPRESS_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         proc = subprocess.run([sys.executable, "-m", "compress.harness.worker", str(spec_path), str(out_path)],
-                              capture_output=True, text=True, timeout=timeout, env=env)
-        if not out_path.is_file():
-            raise RuntimeError(f"bench worker for {spec['runtime']} on {spec['path']} died (exit {proc.returncode}): "
-                               f"{proc.stderr.strip()[-2000:]}")
-        res = json.loads(out_path.read_text())
+                              capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=child.enter)
+        res = json.loads(out_path.read_text()) if out_path.is_file() else None
+        why = child.verdict(proc.returncode, (proc.stderr or "") + json.dumps(res or {}))
+        enforcement = {"mechanism": child.mechanism, "limit_mb": child.limit_mb, "cores": list(child.cores)}
+    if why is not None:
+        return {"over_budget": why, "enforcement": enforcement}
+    if res is None:
+        raise RuntimeError(f"bench worker for {spec['runtime']} on {spec['path']} died (exit {proc.returncode}): "
+                           f"{proc.stderr.strip()[-2000:]}")
     if "error" in res:
         cls = getattr(errors, res["error_type"], None)
         if isinstance(cls, type) and issubclass(cls, CompressError):
             raise cls(res["error"])
         raise RuntimeError(f"bench worker for {spec['runtime']} on {spec['path']} failed: {res['traceback']}")
+    res["enforcement"] = enforcement
     return res
 
 

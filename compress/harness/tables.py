@@ -76,6 +76,14 @@ def budget_table(rows: list[dict[str, Any]], profile: dict[str, Any]) -> Table |
 
     cols = ["artifact", "runtime", "size MB", f"storage (budget {_f(store, '.0f')} MB)", "peak RSS MB",
             f"memory (budget {_f(mem, '.0f')} MB)"]
+    def memory(r):
+        # measured under the OS-enforced budget where the row says how; otherwise a comparison of figures
+        how = r.get("memory_enforcement")
+        v = verdict(r.get("fits_memory"))
+        if r.get("memory_verdict"):
+            return f"{v}: {r['memory_verdict']}"
+        return f"{v} (enforced: {how})" if how and how != "none" and r.get("fits_memory") is not None else v
+
     body = [[r["label"], r["runtime"], _f(r["file_mb"], ".1f"), verdict(r.get("fits_storage")),
-             _f(r.get("peak_rss_mb"), ".0f"), verdict(r.get("fits_memory"))] for r in rows]
+             _f(r.get("peak_rss_mb"), ".0f"), memory(r)] for r in rows]
     return cols, body
