@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from .errors import ConfigError
-from .finite import require_finite_tree
+from .finite import require_finite, require_finite_tree
 
 C = TypeVar("C", bound="StageConfig")
 
@@ -213,7 +213,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return require_finite(float(value), where, ConfigError)  # YAML's .nan/.inf name the file here
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

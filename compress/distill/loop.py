@@ -197,7 +197,13 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
                 raise TrainingDivergedError(
                     f"distill step {step + 1}: {what}; stopped, last good checkpoint {good or 'none'} "
                     f"(lower --lr or raise --temperature, then --resume)")
-            opt.step()
+            try:
+                opt.step()
+            except RuntimeError as e:  # torch refuses an update that does not fit float32 (lr 1e39)
+                if "overflow" not in str(e):
+                    raise
+                raise TrainingDivergedError(f"distill step {step + 1}: the update overflows float32 "
+                                            f"(lr {cfg.lr:g}); stopped before saving it (lower --lr)") from None
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1

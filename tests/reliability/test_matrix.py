@@ -39,6 +39,9 @@ Cases:
 32. distill: Ctrl-C (SIGINT) half-way: exit 130, no traceback, no artifact; --resume finishes
 33. distill: kill -9 half-way: no artifact; --resume finishes from the last checkpoint
 34. run: kill -9 during an export stage: the re-run keeps the finished stages and completes the rest
+
+Cases 35 onwards (issue 17: outputs overlapping inputs, non-finite numbers, threads, input files,
+one-line usage errors, temporaries) are listed in tests/reliability/test_matrix_inputs.py.
 """
 
 from __future__ import annotations

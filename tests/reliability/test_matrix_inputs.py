@@ -1,0 +1,267 @@
+"""Reliability matrix, part 2 (issue 17): what a new user typed that lost data or passed a wrong result.
+
+Same rules as test_matrix.py (cases 1-34): each case asserts the exit code, the single ``error:`` line
+naming what is wrong, that every input is byte-for-byte untouched, and that nothing looks complete.
+
+Cases:
+35. export gguf: --out is the input artifact, --force (the input was deleted)
+36. quantize: --out is the input model folder, --force (the fp32 model was replaced)
+37. bench: --out is the measured artifact, --force (the GGUF was deleted)
+38. export: --out is the parent of the input, --force (input and an unrelated file were deleted)
+39. export: --out inside the input artifact
+40. export: --force on a non-empty folder that is not one of our artifacts (left untouched)
+41. export: --out is a symlink to one of our artifacts, --force: replaced through the link, no stray
+    .NAME.old-* link, no temporary left
+42. quantize: --out is the cache folder of the bundled model given as input
+43. distill: --lr inf (and nan) refused before any work
+44. distill: an lr whose one step overflows the logits, or the update itself: stops with a line before
+    any checkpoint or artifact (never a traceback, never weights that score nan)
+45. eval: a model with NaN weights: refused with the tensors named, never perplexity nan with exit 0
+46. check: --tolerance ppl=nan refused
+47. check: a baseline whose metrics are NaN refused (naming row and metric)
+48. chat: a profile with memory_budget_mb: .nan refused (the memory guard was skipped)
+49. quantize: --config with a float field .inf refused, naming file and field
+50. quantize: a legal 240-character --out name works (the hidden temp name stays short)
+51. export: a dead process's temporary of another output in the same parent is swept; a live one and
+    the user's own hidden files are kept
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.manifest import is_complete
+from test_matrix import fails, gguf, nothing_complete, temporaries, tiny  # noqa: F401 - fixtures
+
+
+def snapshot(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (and the links among them): equal snapshots = untouched."""
+    out = {}
+    for root in paths:
+        items = [root] if root.is_file() else sorted(root.rglob("*"))
+        for p in items:
+            if p.is_symlink():
+                out[str(p)] = "link:" + os.readlink(p)
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    assert out, f"nothing to snapshot under {paths}"
+    return out
+
+
+@pytest.fixture
+def art(gguf, tmp_path) -> Path:
+    """A private copy of a finished GGUF export (the fixture's own stays pristine)."""
+    a = tmp_path / "art"
+    shutil.copytree(gguf, a)
+    return a
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny, tmp_path_factory) -> Path:
+    from compress.quantize import QuantConfig, run_quantize
+
+    return run_quantize(str(tiny), QuantConfig(scheme="int8", group_size=32, eval_tokens=0),
+                        tmp_path_factory.mktemp("rel") / "q8")
+
+
+@pytest.fixture
+def qart(quantized, tmp_path) -> Path:
+    """A private copy of a finished quantize artifact (what the demo exports)."""
+    a = tmp_path / "qart"
+    shutil.copytree(quantized, a)
+    return a
+
+
+@pytest.fixture
+def model(tiny, tmp_path) -> Path:
+    m = tmp_path / "fp32"
+    shutil.copytree(tiny, m)
+    return m
+
+
+# ---- outputs never overlap inputs ----------------------------------------------------------------------
+
+def test_35_export_out_is_the_input_artifact(qart, run_cli):
+    before = snapshot(qart)
+    fails(run_cli("export", qart, "--format", "gguf", "--qtype", "Q8_0", "--out", qart, "--force"),
+          "the output is the input", "choose another --out")
+    assert snapshot(qart) == before and is_complete(qart)
+
+
+def test_36_quantize_out_is_the_input_folder(model, run_cli):
+    before = snapshot(model)
+    fails(run_cli("quantize", model, "--scheme", "int8", "--out", model, "--force"), "the output is the input")
+    assert snapshot(model) == before and not (model / "manifest.json").exists()
+
+
+def test_37_bench_out_is_the_measured_artifact(art, tiny, run_cli):
+    before = snapshot(art)
+    fails(run_cli("bench", art, "--reference", tiny, "--out", art, "--force"), "the output is the input")
+    assert snapshot(art) == before
+
+
+def test_38_export_out_is_the_parent_of_the_input(tiny, tmp_path, run_cli):
+    par = tmp_path / "par"
+    shutil.copytree(tiny, par / "inner")
+    (par / "notes.txt").write_text("unrelated")
+    before = snapshot(par)
+    fails(run_cli("export", par / "inner", "--format", "gguf", "--qtype", "F32", "--out", par, "--force"),
+          "the output contains the input")
+    assert snapshot(par) == before
+
+
+def test_39_export_out_inside_the_input(qart, run_cli):
+    before = snapshot(qart)
+    fails(run_cli("export", qart, "--format", "onnx", "--qtype", "int8", "--out", qart / "again", "--force"),
+          "the output lies inside the input")
+    assert snapshot(qart) == before and not (qart / "again").exists()
+
+
+def test_40_force_never_replaces_a_folder_we_did_not_make(tiny, tmp_path, run_cli):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    fails(run_cli("export", tiny, "--format", "gguf", "--qtype", "F32", "--out", mine, "--force"),
+          "not a compress artifact", "left untouched")
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    nothing_complete(mine)
+
+
+def test_41_force_through_a_symlink_replaces_the_target_and_leaves_no_stray_link(art, tiny, tmp_path, run_cli):
+    link = tmp_path / "link"
+    link.symlink_to(art, target_is_directory=True)
+    rc, _, err = run_cli("export", tiny, "--format", "gguf", "--qtype", "Q8_0", "--check-tokens", "32",
+                         "--out", link, "--force")
+    assert rc == 0, err
+    assert link.is_symlink() and is_complete(link) and (art / "model.Q8_0.gguf").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no .link.old-*, no temp
+
+
+def test_42_quantize_out_is_the_bundled_models_cache(tmp_path, run_cli, monkeypatch):
+    from compress.fetch import cached_folder
+
+    out = cached_folder("smollm2-135m")
+    fails(run_cli("quantize", "smollm2-135m", "--scheme", "int8", "--out", out, "--force"),
+          "the output is the input smollm2-135m")
+    assert not out.exists()
+
+
+# ---- numbers are finite ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "-inf"])
+def test_43_distill_non_finite_lr_refused(lr, tiny, tmp_path, run_cli):
+    out = tmp_path / "kd-out"
+    fails(run_cli("distill", "--teacher", tiny, "--student", tiny, "--lr", lr, "--out", out),
+          f"--lr: {float(lr)} is not a finite number")
+    nothing_complete(out)
+    assert not (tmp_path / "kd-out.checkpoints").exists()
+
+
+# 3e37: one finite Adam step leaves weights near 3e38, whose logits overflow; 1e39: the update itself
+# does not fit float32 (torch raised a RuntimeError traceback)
+@pytest.mark.parametrize("lr, says", [("3e37", "logits are not finite"), ("1e39", "the update overflows float32")],
+                         ids=["logits-overflow", "update-overflows"])
+def test_44_distill_weights_overflow_stops_before_saving(lr, says, tiny, student_copy, tmp_path, run_cli):
+    out = tmp_path / "kd-out"
+    before = snapshot(student_copy)
+    fails(run_cli("distill", "--teacher", tiny, "--student", student_copy, "--lr", lr, "--steps", "1",
+                  "--warmup", "0", "--seq-len", "32", "--batch", "2", "--checkpoint-every", "1",
+                  "--eval-every", "1", "--eval-tokens", "64", "--threads", "1", "--out", out), says)
+    nothing_complete(out)
+    ck = tmp_path / "kd-out.checkpoints"
+    assert not list(ck.glob("step-*")), "a checkpoint of non-finite weights was written"
+    assert snapshot(student_copy) == before
+
+
+@pytest.fixture
+def student_copy(tiny, tmp_path) -> Path:
+    from compress.prune import PruneConfig, prune
+
+    return prune(str(tiny), PruneConfig(method="depth", layers=1, samples=4, seq_len=64, eval_tokens=0),
+                 tmp_path / "student")
+
+
+def test_45_eval_nan_weights_refused(model, run_cli):
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(model / "model.safetensors"))
+    t["model.norm.weight"][0] = float("nan")
+    save_file(t, str(model / "model.safetensors"), metadata={"format": "pt"})
+    rc, out, err = run_cli("eval", model, "--tasks", "", "--max-tokens", "64", "--window", "32", "--stride", "32")
+    fails((rc, out, err), "non-finite weights in 1 tensor(s)", "model.norm.weight (1 NaN, 0 inf)")
+    assert "nan" not in out
+
+
+@pytest.fixture
+def bench_run(art, tiny, tmp_path) -> Path:
+    from compress.harness import BenchConfig, bench
+
+    return bench(BenchConfig(latency=False, max_tokens=64, window=32, tasks=(), reference=str(tiny)),
+                 [str(art)], tmp_path / "run")
+
+
+def test_46_check_nan_tolerance_refused(bench_run, tmp_path, run_cli):
+    base = tmp_path / "base.json"
+    assert run_cli("check", bench_run, "--baseline", base, "--update-baseline")[0] == 0
+    fails(run_cli("check", bench_run, "--baseline", base, "--tolerance", "ppl=nan"),
+          "--tolerance: ppl=nan is not a finite number")
+
+
+def test_47_check_nan_baseline_refused(bench_run, tmp_path, run_cli):
+    base = tmp_path / "base.json"
+    assert run_cli("check", bench_run, "--baseline", base, "--update-baseline")[0] == 0
+    data = json.loads(base.read_text())
+    for row in data["rows"]:
+        row["perplexity"] = float("nan")
+    base.write_text(json.dumps(data))  # json writes the bare NaN literal Python reads back
+    fails(run_cli("check", bench_run, "--baseline", base), "malformed baseline", "perplexity is nan",
+          "not a finite number")
+
+
+def test_48_chat_profile_nan_budget_refused(gguf, tmp_path, run_cli):
+    prof = tmp_path / "watch.yaml"
+    prof.write_text("name: watch\nthreads: 1\nmemory_budget_mb: .nan\n")
+    fails(run_cli("chat", gguf, "--profile", prof, "--once", "hi"), "watch.yaml", "memory_budget_mb",
+          "finite number", "nan")
+
+
+def test_49_quantize_config_with_inf_field_refused(model, tmp_path, run_cli):
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(yaml.safe_dump({"scheme": "int4-gptq", "group_size": 32}) + "damp: .inf\n")
+    out = tmp_path / "q"
+    fails(run_cli("quantize", model, "--config", cfg, "--out", out), "q.yaml.damp: inf is not a finite number")
+    nothing_complete(out)
+
+
+# ---- temporaries -------------------------------------------------------------------------------------------
+
+def test_50_long_legal_out_name_works(model, tmp_path, run_cli):
+    out = tmp_path / ("q" * 240)
+    rc, _, err = run_cli("quantize", model, "--scheme", "int8", "--eval-tokens", "0", "--out", out)
+    assert rc == 0, err
+    assert is_complete(out) and temporaries(out) == []
+
+
+def test_51_dead_temporaries_in_the_parent_are_swept(tiny, tmp_path, run_cli):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".other.tmp-{dead}-0123abcd"  # another output's temp, its process gone (kill -9)
+    stale.mkdir()
+    (stale / "model.gguf").write_bytes(b"\0" * 1000)
+    live = tmp_path / f".other.tmp-{os.getpid()}-0123abcd"  # a running process's temp: never touched
+    live.mkdir()
+    own = tmp_path / ".config.tmp-notes"  # the user's own hidden file with a similar name
+    own.write_text("mine")
+    out = tmp_path / "g"
+    rc, _, err = run_cli("export", tiny, "--format", "gguf", "--qtype", "F32", "--check-tokens", "32", "--out", out)
+    assert rc == 0, err
+    assert not stale.exists() and live.is_dir() and own.read_text() == "mine"
