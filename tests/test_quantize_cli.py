@@ -133,8 +133,18 @@ def test_already_quantized_model_object_is_refused(quantized_dir):
 
 def test_tied_embeddings_need_one_choice(run_cli, tiny_gemma3_dir, tmp_path):
     out = tmp_path / "q"
-    rc, _, err = run_cli("quantize", tiny_gemma3_dir, "--scheme", "int8", "--embeddings", "int8", "--out", out)
+    rc, _, err = run_cli("quantize", tiny_gemma3_dir, "--scheme", "int8", "--embeddings", "int8", "--lm-head", "keep",
+                         "--out", out)
     _assert_refused(rc, err, out, r"lm_head: tied to model.embed_tokens .* must match")
+
+
+def test_tied_lm_head_left_auto_follows_the_embeddings_choice(tiny_gemma3_dir):
+    from compress.models import load_model
+    from compress.quantize import QuantConfig
+    from compress.quantize.layers import make_plan
+
+    plan = make_plan(load_model(tiny_gemma3_dir).model, QuantConfig(scheme="int8", embeddings="int8"))
+    assert plan.tied and plan.targets["model.embed_tokens"].grid.bits == 8
 
 
 def test_unknown_scheme_suggests_the_closest(run_cli, tiny_llama_dir, tmp_path):

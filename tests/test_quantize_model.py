@@ -100,7 +100,7 @@ def test_report_says_what_was_quantized_skipped_and_how_big(tiny_llama_dir, tmp_
 
     cfg = QuantConfig(scheme="int4-rtn", group_size=32, exclude="layers.0.mlp.down_proj", lm_head="int8", **FAST)
     r = read_manifest(run_quantize(str(tiny_llama_dir), cfg, tmp_path / "q")).report
-    assert r["quantized"] == 14 and r["precision"] == {"int4": 13, "int8": 1}
+    assert r["quantized"] == 14 and r["precision"] == {"int4": 13, "int5": 0, "int8": 1}
     assert r["skipped"] == {"model.layers.0.mlp.down_proj": "excluded by --exclude 'layers.0.mlp.down_proj'"}
     assert r["embeddings"] == "keep" and r["lm_head"] == "int8" and r["tied"] is False
     assert r["bits_per_weight_before"] == 32.0 and r["bytes_after"] < r["bytes_before"] / 2
@@ -119,7 +119,9 @@ def test_mixed_precision_respects_the_budget(tiny_llama_dir, tmp_path):
     r = read_manifest(out).report
     info = json.loads((out / "quantization.json").read_text())
     table, choice = r["analysis"], r["budget"]["choice"]
-    assert len(table) == 14 and all(row["kl_int4"] > 0 for row in table.values())
+    assert sum(row["kind"] == "linear" for row in table.values()) == 14
+    assert {n for n, row in table.items() if row["kind"] != "linear"} == {"model.embed_tokens", "lm_head"}
+    assert all(row["kl_int4"] > 0 for row in table.values()) and all("kl_int5" in row for row in table.values())
     params = sum(table[n]["params"] for n in choice)
     bits = sum(table[n]["params"] * (16 if b == 16 else info["layers"][n]["bits"] + 16 / 32)
                for n, b in choice.items())
@@ -175,9 +177,9 @@ def test_config_round_trips_and_rejects_bad_values():
     assert config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="quantize.group_size: 48 is not one of"):
         QuantConfig(group_size=48)
-    with pytest.raises(ConfigError, match="act_order: only int4-gptq"):
+    with pytest.raises(ConfigError, match="act_order: only the GPTQ schemes"):
         QuantConfig(scheme="int4-awq", act_order=True)
-    with pytest.raises(ConfigError, match="needs an int4 scheme"):
+    with pytest.raises(ConfigError, match="needs an int4 or int5 scheme"):
         QuantConfig(scheme="int8", budget_bits=6.0)
     assert QuantConfig(scheme="int8").effective_group_size == 0
     assert QuantConfig(scheme="int4-rtn").effective_group_size == 128

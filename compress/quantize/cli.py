@@ -3,6 +3,7 @@
     compress quantize smollm2-135m --scheme int4-gptq --group-size 64 --out out/smollm2-q4
     compress quantize smollm2-135m --scheme int4-awq --group-size 64 --save-config q.yaml --dry-run
     compress quantize smollm2-135m --config q.yaml --out out/smollm2-q4    # the same work
+    compress quantize smollm2-135m --scheme int4-gptq --budget-bits 5.5 --target gguf --dry-run
 """
 
 from __future__ import annotations
@@ -30,16 +31,24 @@ def register(app: typer.Typer) -> None:
     def quantize(
         model: str = typer.Argument(..., help="Folder, .gguf file, bundled name or hub id."),
         out: Optional[Path] = typer.Option(None, "--out", help="Artifact directory to write."),
-        scheme: Optional[str] = typer.Option(None, help="int8 | w8a8 | int4-rtn | int4-gptq | int4-awq."),
-        group_size: Optional[int] = typer.Option(None, help="Columns per scale: 32, 64, 128 (0 = per channel)."),
-        symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="Zero point or not."),
+        scheme: Optional[str] = typer.Option(None, help="int8 | w8a8 | int4-rtn | int4-gptq | int4-awq | "
+                                                        "int5-rtn | int5-gptq | int5-awq."),
+        group_size: Optional[int] = typer.Option(None, help="Columns per scale: 32, 64, 128 (0 = per channel); "
+                                                            "default 32 with --target, else 128 (int8: per channel)."),
+        symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric",
+                                                 help="Zero point or not (4/5-bit; GGUF's int8 is always symmetric)."),
+        target: Optional[str] = typer.Option(None, help="gguf | onnx | both: only grids those files hold exactly, "
+                                                        "and --budget-bits counts their sizes."),
         calib: Optional[str] = typer.Option(None, help="Calibration text: file, folder of .txt or bundled name."),
         samples: Optional[int] = typer.Option(None, help="Calibration windows."),
         seq_len: Optional[int] = typer.Option(None, help="Tokens per calibration window."),
         exclude: Optional[str] = typer.Option(None, help="Regex of module names to leave in float."),
-        embeddings: Optional[str] = typer.Option(None, help="Embedding table: keep | int8 | int4."),
-        lm_head: Optional[str] = typer.Option(None, help="Output projection: keep | int8 | int4 (tied: = embeddings)."),
-        budget_bits: Optional[float] = typer.Option(None, help="Mix int4/int8/16-bit layers to this average."),
+        embeddings: Optional[str] = typer.Option(None, help="Embedding table: auto | keep | int8 | int5 | int4 "
+                                                            "(auto: chosen by --budget-bits, else keep)."),
+        lm_head: Optional[str] = typer.Option(None, help="Output projection: auto | keep | int8 | int5 | int4 "
+                                                         "(tied: = embeddings)."),
+        budget_bits: Optional[float] = typer.Option(None, help="Mix 4/5/8-bit and float tensors (tables included) "
+                                                               "to this average bits per weight."),
         analyze: Optional[bool] = typer.Option(None, "--analyze", help="Per-layer sensitivity table."),
         skip_incompatible: Optional[bool] = typer.Option(None, "--skip-incompatible",
                                                          help="Leave layers the group size does not fit in float."),
@@ -62,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config_file(config, QuantConfig) if config else QuantConfig()
         overrides: dict[str, Any] = {k: v for k, v in dict(
-            scheme=scheme, group_size=group_size, symmetric=symmetric, calib=calib, samples=samples,
+            scheme=scheme, group_size=group_size, symmetric=symmetric, target=target, calib=calib, samples=samples,
             seq_len=seq_len, exclude=exclude, embeddings=embeddings, lm_head=lm_head, budget_bits=budget_bits,
             analyze=analyze, skip_incompatible=skip_incompatible, act_order=act_order, damp=damp, clip_search=clip_search,
             eval_tokens=eval_tokens).items() if v is not None}
@@ -73,7 +82,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("quantize: --out DIR is required (or --dry-run)")
         result = run_quantize(model, cfg, out or Path("."), force=force, dry_run=dry_run)
         if dry_run:
-            _print_plan(result, cfg)
+            if as_json:
+                print(json.dumps(plan_rows(result, cfg), indent=2))
+            else:
+                _print_plan(result, cfg)
             return
         report = read_manifest(result).report
         if as_json:
@@ -82,15 +94,44 @@ def register(app: typer.Typer) -> None:
         _print_report(result, report)
 
 
-def _print_plan(plan, cfg) -> None:
-    t = Table("tensor", "shape", "bits", "group", "method", title=f"plan: {cfg.scheme}")
-    for name, tg in plan.targets.items():
-        t.add_row(name, "x".join(map(str, tg.shape)), str(tg.grid.bits), str(tg.grid.group_size), tg.method)
+def plan_rows(plan, cfg) -> list[dict[str, Any]]:
+    """One row per matrix of the plan: its grid (or the budget's menu) and what GGUF and ONNX make of it."""
+    from . import targets as tg
+
+    rows = []
+    for name, t in plan.targets.items():
+        width = t.shape[1]
+        options = cfg.menu if t.choose else (t.grid.bits,)
+        fmts = {}
+        for fmt in ("gguf", "onnx"):
+            fmts[fmt] = [tg.describe(fmt, b, t.grid.group_size, cfg.grid_symmetric(b) if t.choose else t.grid.symmetric,
+                                     width) for b in options]
+        rows.append({"tensor": name, "shape": list(t.shape), "bits": list(options), "budget": t.choose,
+                     "group": t.grid.group_size, "symmetric": t.grid.symmetric, "method": t.method, **fmts})
+    for name, (shape, why) in plan.kept.items():
+        rows.append({"tensor": name, "shape": list(shape), "bits": [16], "budget": False, "group": None,
+                     "symmetric": None, "method": why, "gguf": ["F16"], "onnx": ["float"]})
     for name, reason in plan.skipped.items():
-        t.add_row(name, "", "float", "", f"skipped: {reason}")
+        rows.append({"tensor": name, "shape": None, "bits": [16], "budget": False, "group": None, "symmetric": None,
+                     "method": f"skipped: {reason}", "gguf": ["F16"], "onnx": ["float"]})
+    return rows
+
+
+def _print_plan(plan, cfg) -> None:
+    title = f"plan: {cfg.scheme}" + (f", --target {cfg.target}" if cfg.target else "") + \
+        (f", --budget-bits {cfg.budget_bits} (bits chosen after the sensitivity analysis)" if cfg.budget_bits else "")
+    t = Table("tensor", "shape", "bits", "group", "sym", "method", "GGUF", "ONNX MatMulNBits (bits/block)", title=title)
+    for r in plan_rows(plan, cfg):
+        t.add_row(r["tensor"], "x".join(map(str, r["shape"])) if r["shape"] else "",
+                  "|".join("float" if b == 16 else str(b) for b in r["bits"]), str(r["group"] or ""),
+                  "" if r["symmetric"] is None else ("yes" if r["symmetric"] else "no"), r["method"],
+                  "|".join(r["gguf"]), "|".join(r["onnx"]))
     out = _console()
     out.print(t)
     out.print(f"tied embeddings: {'yes (lm_head shares model.embed_tokens)' if plan.tied else 'no'}")
+    if plan.fixed:
+        out.print("counted in the budget at a fixed precision: " + ", ".join(
+            f"{n} ({'float' if b == 16 else f'int{b}'})" for n, (_, b) in plan.fixed.items()))
 
 
 def _print_report(path: Path, r: dict[str, Any]) -> None:
@@ -113,16 +154,25 @@ def _print_report(path: Path, r: dict[str, Any]) -> None:
         t.add_row("KL / top-1", f"{e['kl']:.5f} / {e['top1_agreement']:.2%}")
     if "budget" in r:
         b = r["budget"]
-        t.add_row("budget", f"{b['bits_per_weight']:.3f} of {b['target_bits']} bits/weight on decoder linears: "
-                            + ", ".join(f"{n} at {k} bits" for k, n in b["layers"].items()))
+        t.add_row("budget", f"{b['bits_per_weight']:.3f} of {b['target_bits']} bits/weight as "
+                            f"{b.get('counted_in', 'the grids')} stores them: "
+                            + ", ".join(f"{n} at {'float' if k == '16' else k + ' bits'}" for k, n in b["layers"].items()
+                                        if n)
+                            + "".join(f"; {name} {how}" for name, how in b.get("tables", {}).items()))
+    for fmt, f in r.get("formats", {}).items():
+        t.add_row(f"as {fmt.upper()}", ", ".join(f"{n} {k}" for k, n in sorted(f["tensors"].items()))
+                  + f"; {f['matrix_bytes'] / 1e6:.1f} MB of matrices")
     t.add_row("time / peak RSS", f"{r['seconds']:.1f} s / {r.get('peak_rss_mb', 0):.0f} MB")
     out = _console()
     out.print(t)
     if "analysis" in r:
-        a = Table("layer", "params", "KL int4 alone", "KL int8 (est.)", "bits",
-                  title="sensitivity: each layer alone at int4 (most sensitive first)")
+        widths = [b for b in (4, 5) if any(f"kl_int{b}" in row for row in r["analysis"].values())]
+        a = Table("layer", "params", *[f"KL int{b} alone" for b in widths], "KL int8 (est. for linears)", "bits",
+                  title="sensitivity: each tensor alone rounded (most sensitive first)")
         choice = r.get("budget", {}).get("choice", {})
-        for name, row in sorted(r["analysis"].items(), key=lambda kv: -kv[1]["kl_int4"]):
-            a.add_row(name, f"{row['params']:,}", f"{row['kl_int4']:.2e}", f"{row['kl_int8']:.1e}",
-                      str(choice.get(name, "")))
+        key = f"kl_int{widths[0]}" if widths else "kl_int8"
+        for name, row in sorted(r["analysis"].items(), key=lambda kv: -kv[1].get(key, 0.0)):
+            a.add_row(name, f"{row['params']:,}", *[f"{row[f'kl_int{b}']:.2e}" if f"kl_int{b}" in row else ""
+                                                    for b in widths],
+                      f"{row['kl_int8']:.1e}" if "kl_int8" in row else "", str(choice.get(name, "")))
         out.print(a)

@@ -26,6 +26,7 @@ from ..errors import DataError
 from ..memory import trim_heap
 from .awq import awq_layer
 from .calibrate import stream_layers
+from . import targets as tg
 from .config import QuantConfig
 from .format import FORMAT_VERSION
 from .gptq import gptq
@@ -55,10 +56,19 @@ class QuantResult:
                          "activations": t.activations}
         return out
 
+    def table_choice(self, which: str) -> str:
+        """What became of the embedding table / lm_head: ``keep`` or ``int4|int5|int8``."""
+        name = self.plan.embeddings_name if which == "embeddings" or self.plan.tied else self.plan.lm_head_name
+        qt = self.tensors.get(name) if name else None
+        return f"int{qt.grid.bits}" if qt is not None else "keep"
+
     def quantization_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "scheme": self.config.scheme, "layers": self.layer_entries(),
-                "skipped": dict(self.plan.skipped), "embeddings": self.config.embeddings,
-                "lm_head": self.config.lm_head, "tied": self.plan.tied}
+        out = {"format_version": FORMAT_VERSION, "scheme": self.config.scheme, "layers": self.layer_entries(),
+               "skipped": dict(self.plan.skipped), "embeddings": self.table_choice("embeddings"),
+               "lm_head": self.table_choice("lm_head"), "tied": self.plan.tied}
+        if self.config.target:
+            out["target"] = self.config.target
+        return out
 
 
 def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = None) -> QuantResult:
@@ -72,19 +82,19 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = N
         raise DataError(f"{cfg.scheme}: calibration token ids are needed (samples x seq_len), none given")
     bytes_before, n_params = _param_bytes(model)
     report: dict[str, Any] = {"scheme": cfg.scheme, "group_size": cfg.effective_group_size or "per-channel",
-                              "symmetric": cfg.symmetric}
+                              "symmetric": cfg.symmetric, "target": cfg.target}
     if calib is not None and cfg.needs_calibration:
         report["calibration"] = {"data": cfg.calib, "samples": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
                                  "tokens": int(calib.numel())}
     if cfg.analyze or cfg.budget_bits is not None:
         cols = min(cfg.analyze_tokens, calib.shape[1])
-        table = analyze(model, plan, calib[:math.ceil(cfg.analyze_tokens / cols), :cols])
+        table = analyze(model, plan, calib[:math.ceil(cfg.analyze_tokens / cols), :cols], cfg)
         report["analysis"] = table
         if cfg.budget_bits is not None:
-            choice = allocate(plan, table, cfg.budget_bits)
-            _apply_choice(plan, choice)
-            report["budget"] = {"target_bits": cfg.budget_bits, **budget_summary(plan, table, choice),
-                                "choice": choice}
+            choice = allocate(plan, table, cfg)
+            summary = budget_summary(plan, table, choice, cfg)
+            _apply_choice(plan, choice, cfg)
+            report["budget"] = {"target_bits": cfg.budget_bits, **summary, "choice": choice}
     tensors: dict[str, QTensor] = {}
     with torch.no_grad():
         for t in [t for t in plan.targets.values() if t.kind == "embeddings"]:
@@ -106,8 +116,9 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = N
     rest = 4 * rest_params
     report.update({
         "quantized": len(tensors), "skipped": dict(plan.skipped),
-        "precision": {f"int{b}": sum(1 for q in tensors.values() if q.grid.bits == b) for b in (4, 8)},
-        "embeddings": cfg.embeddings, "lm_head": "tied to embeddings" if plan.tied else cfg.lm_head,
+        "precision": {f"int{b}": sum(1 for q in tensors.values() if q.grid.bits == b) for b in (4, 5, 8)},
+        "embeddings": result.table_choice("embeddings"),
+        "lm_head": "tied to embeddings" if plan.tied else result.table_choice("lm_head"),
         "tied": plan.tied, "params": n_params,
         "bytes_before": bytes_before, "bytes_after": q_bytes + rest,
         "bits_per_weight_before": 8 * bytes_before / n_params,
@@ -115,6 +126,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = N
         "quantized_bits_per_weight": 8 * q_bytes / max(q_params, 1),
         # what an export keeping the float tensors in fp16 would weigh: the size to compare with GGUF
         "bytes_after_fp16_rest": q_bytes + 2 * rest_params,
+        "formats": carried_formats(model, plan, tensors),
         "seconds": round(time.perf_counter() - t0, 2),
     })
     log.info("quantized %d tensors, skipped %d: %.1f MB -> %.1f MB", len(tensors), len(plan.skipped),
@@ -122,14 +134,37 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = N
     return result
 
 
-def _apply_choice(plan: Plan, choice: dict[str, int]) -> None:
+def _apply_choice(plan: Plan, choice: dict[str, int], cfg: QuantConfig) -> None:
     for name, bits in choice.items():
         t = plan.targets[name]
         if bits == 16:
             del plan.targets[name]
             plan.skipped[name] = "kept in float by --budget-bits"
         elif bits != t.grid.bits:
-            t.grid = Grid(bits, t.grid.group_size, t.grid.symmetric)
+            t.grid = Grid(bits, t.grid.group_size, cfg.grid_symmetric(bits))
+
+
+def carried_formats(model: nn.Module, plan: Plan, tensors: dict[str, QTensor]) -> dict[str, Any]:
+    """How the GGUF and ONNX exports will hold each matrix (targets.py), counted per type, with the
+    weight bytes that implies (2-D tensors; float ones at 16 bits)."""
+    out: dict[str, Any] = {}
+    mats = {n: m.weight.shape for n, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2}
+    if plan.tied and plan.lm_head_name in mats:
+        del mats[plan.lm_head_name]
+    for fmt in ("gguf", "onnx"):
+        counts: dict[str, int] = {}
+        bits = 0.0
+        for name, shape in mats.items():
+            qt = tensors.get(name)
+            b, g, sym = (qt.grid.bits, qt.grid.group_size, qt.grid.symmetric) if qt is not None else (16, 0, True)
+            kind = tg.describe(fmt, b, g, sym, shape[1])
+            counts[kind] = counts.get(kind, 0) + 1
+            n = shape[0] * shape[1]
+            exact = kind != "re-rounded"
+            bits += n * (tg.bits_per_weight(fmt, b, g, sym, shape[1]) if exact else 16.0)
+        out[fmt] = {"tensors": counts, "matrix_bytes": int(bits / 8)}
+    return out
 
 
 def _rtn_apply(model: nn.Module, t: Target) -> QTensor:

@@ -5,8 +5,10 @@
     plan.skipped                                         # {name: reason}
 
 Decoder linears get the scheme's method; the embedding table and an untied ``lm_head`` are explicit
-choices (``keep``/``int8``/``int4``) quantized by round-to-nearest, because no calibrated method
-models a lookup table or the final projection's loss better than its own rounding.
+choices (``keep``/``int8``/``int5``/``int4``, or ``auto``: chosen by ``--budget-bits``) quantized by
+round-to-nearest, because no calibrated method models a lookup table or the final projection's loss
+better than its own rounding. With ``--target``, a layer whose grid the named formats cannot hold
+exactly (targets.py) is listed before any calibration like a group size that does not fit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, IncompatibleLayerError, ModelLoadError
+from . import targets as tg
 from .config import QuantConfig
 from .grid import Grid
 
@@ -32,6 +35,7 @@ class Target:
     grid: Grid
     method: str  # "rtn" | "gptq" | "awq"
     activations: str | None = None  # "int8-dynamic" for w8a8 linears
+    choose: bool = False  # --budget-bits picks its bits from the config's menu (grid.bits until then)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -45,6 +49,10 @@ class Plan:
     tied: bool
     embeddings_name: str
     lm_head_name: str | None
+    # tables whose precision is fixed but which count in --budget-bits: name -> (params, bits; 16 = float)
+    fixed: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    # tables left in float by choice (not skips): name -> (shape, why), for --dry-run
+    kept: dict[str, tuple[tuple[int, int], str]] = dataclasses.field(default_factory=dict)
 
     def by_layer(self) -> dict[int, dict[str, Target]]:
         out: dict[int, dict[str, Target]] = defaultdict(dict)
@@ -93,7 +101,7 @@ def check_finite(model: nn.Module) -> None:
 
 def make_plan(model: nn.Module, cfg: QuantConfig) -> Plan:
     """Targets and skips for ``cfg``; raises IncompatibleLayerError listing every layer the group size
-    does not fit (unless ``cfg.skip_incompatible``) before any calibration work."""
+    (or ``--target``'s formats) does not fit (unless ``cfg.skip_incompatible``) before any calibration."""
     prefix, layers = decoder_layers(model)
     exclude = re.compile(cfg.exclude) if cfg.exclude else None
     emb = model.get_input_embeddings()
@@ -103,60 +111,126 @@ def make_plan(model: nn.Module, cfg: QuantConfig) -> Plan:
     emb_name, head_name = names[id(emb)], (names[id(head)] if head is not None else None)
     targets: dict[str, Target] = {}
     skipped: dict[str, str] = {}
-    misfits: list[tuple[str, int]] = []
+    fixed: dict[str, tuple[int, int]] = {}
+    misfits: list[tuple[str, int, str]] = []
 
     def add(name: str, module: nn.Module, kind: str, layer: int | None, bits: int, method: str,
-            activations: str | None = None) -> None:
+            activations: str | None = None, choose: bool = False) -> None:
         width = module.weight.shape[1]
         group = cfg.effective_group_size or width
+        sym = cfg.grid_symmetric(bits)
         if exclude is not None and exclude.search(name):
             skipped[name] = f"excluded by --exclude {cfg.exclude!r}"
-        elif width % group or (bits == 4 and width % 2):
-            misfits.append((name, width))
-            skipped[name] = f"group size {group} does not divide its input width {width}"
+            return
+        reason = misfit_reason(cfg, bits, group, sym, width)
+        if reason is None:
+            targets[name] = Target(name, module, kind, layer, Grid(bits, group, sym), method, activations, choose)
+        elif choose and kind != "linear":
+            skipped[name] = f"kept in float: {reason[1]}"  # an automatic choice, not a request to refuse
         else:
-            targets[name] = Target(name, module, kind, layer, Grid(bits, group, cfg.symmetric), method, activations)
+            misfits.append((name, width, reason[0]))
+            skipped[name] = reason[1]
 
-    if cfg.embeddings != "keep":
-        add(emb_name, emb, "embeddings", None, _bits(cfg.embeddings), "rtn")
-    for i, layer in enumerate(layers):
-        for sub, mod in layer.named_modules():
-            if isinstance(mod, nn.Linear):
-                add(f"{prefix}.{i}.{sub}", mod, "linear", i, cfg.bits, cfg.method, cfg.activations)
-    if tied:
-        if cfg.lm_head != cfg.embeddings:
+    emb_p, head_p = cfg.table_precision("embeddings"), cfg.table_precision("lm_head")
+    if tied:  # one matrix: an explicit choice on either side decides, auto follows it
+        if cfg.embeddings == "auto" and cfg.lm_head != "auto":
+            emb_p = head_p
+        if cfg.lm_head == "auto":
+            head_p = emb_p
+        if head_p != emb_p:
             raise IncompatibleLayerError(
                 f"{head_name}: tied to {emb_name} (one matrix), so --lm-head and --embeddings must match "
                 f"(got --embeddings {cfg.embeddings}, --lm-head {cfg.lm_head})")
-    elif head is not None and cfg.lm_head != "keep":
-        add(head_name, head, "lm_head", None, _bits(cfg.lm_head), "rtn")
+    budget = cfg.budget_bits is not None
+    tables = [(emb_name, emb, "embeddings", emb_p)]
+    if not tied and head is not None:
+        tables.append((head_name, head, "lm_head", head_p))
+    kept: dict[str, tuple[tuple[int, int], str]] = {}
+    for name, mod, kind, p in tables:
+        if p == "keep":
+            kept[name] = (tuple(mod.weight.shape), f"kept in float (--{kind.replace('_', '-')} {getattr(cfg, kind)})"
+                          + (" and tied" if tied else ""))
+        if p == "budget":
+            add(name, mod, kind, None, cfg.bits, "rtn", choose=True)
+        elif p != "keep":
+            add(name, mod, kind, None, _bits(p), "rtn")
+        if budget and cfg.budget_tables and not (name in targets and targets[name].choose):
+            fixed[name] = (mod.weight.numel(), targets[name].grid.bits if name in targets else 16)
+    for i, layer in enumerate(layers):
+        for sub, mod in layer.named_modules():
+            if isinstance(mod, nn.Linear):
+                add(f"{prefix}.{i}.{sub}", mod, "linear", i, cfg.bits, cfg.method, cfg.activations, choose=budget)
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and name not in targets and name not in skipped and mod is not head:
             skipped[name] = "outside the decoder layers"
     if misfits and not cfg.skip_incompatible:
-        group = cfg.effective_group_size
-        fit = [g for g in (128, 64, 32, 16) if all(w % g == 0 for _, w in misfits)]
-        hint = f"use --group-size {fit[0]} or " if fit else "use "
-        raise IncompatibleLayerError(
-            f"group size {group} does not divide the input width of {len(misfits)} layer(s): "
-            f"{compact_names(misfits)}; {hint}--skip-incompatible to leave them in float")
-    if cfg.budget_bits is not None:
-        _check_budget(targets, cfg.budget_bits)
-    return Plan(targets, skipped, tied, emb_name, head_name)
+        raise IncompatibleLayerError(_misfit_message(cfg, misfits))
+    plan = Plan(targets, skipped, tied, emb_name, head_name, fixed, kept)
+    if budget:
+        check_budget(plan, cfg)
+    return plan
 
 
-def _check_budget(targets: dict[str, Target], budget_bits: float) -> None:
-    """--budget-bits below int4 everywhere is impossible: say so before any analysis runs."""
-    linears = [t for t in targets.values() if t.kind == "linear"]
-    params = sum(t.module.weight.numel() for t in linears)
-    floor = sum(t.module.weight.numel() * t.grid.bits_per_weight() for t in linears) / max(params, 1)
-    if floor > budget_bits:
-        raise ConfigError(f"quantize.budget_bits: {budget_bits} is below the {floor:.3f} bits/weight that int4 on "
-                          "every layer already costs (scales included)")
+def misfit_reason(cfg: QuantConfig, bits: int, group: int, symmetric: bool, width: int) -> tuple[str, str] | None:
+    """None when a tensor of input width ``width`` can take this grid, else (the error's heading for
+    such layers, the reason recorded for this one)."""
+    if width % group:
+        return (f"group size {group} does not divide the input width of",
+                f"group size {group} does not divide its input width {width}")
+    if bits == 4 and width % 2:
+        return "int4 packs two columns per byte: odd input width for", f"int4 needs an even input width, not {width}"
+    for fmt in tg.formats(cfg.target):
+        reason = tg.why_not(fmt, bits, group, symmetric, width)
+        if reason:
+            return f"--target {cfg.target}: {reason}, for", f"--target {cfg.target}: {reason}"
+    return None
+
+
+def _misfit_message(cfg: QuantConfig, misfits: list[tuple[str, int, str]]) -> str:
+    by_heading: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for name, width, heading in misfits:
+        by_heading[heading].append((name, width))
+    fit = [g for g in (128, 64, 32, 16)
+           if all(misfit_reason(cfg, cfg.bits, g, cfg.grid_symmetric(cfg.bits), w) is None for _, w, _ in misfits)]
+    hint = f"use --group-size {fit[0]} or " if fit else "use "
+    parts = [f"{heading} {len(items)} layer(s): {compact_names(items)}" for heading, items in by_heading.items()]
+    return "; ".join(parts) + f"; {hint}--skip-incompatible to leave them in float"
+
+
+def tensor_cost(cfg: QuantConfig, t: Target, bits: int) -> float:
+    """Bits per weight of ``t`` at ``bits`` (16 = float) as --budget-bits counts it (targets.cost_bits)."""
+    return tg.cost_bits(cfg.target, bits, t.grid.group_size, cfg.grid_symmetric(bits), t.shape[1])
+
+
+def fixed_cost(cfg: QuantConfig, plan: Plan) -> tuple[float, int]:
+    """(total bits, params) of the tables whose precision is fixed but which count in the budget."""
+    bits_total, params = 0.0, 0
+    for name, (n, bits) in plan.fixed.items():
+        t = plan.targets.get(name)
+        bits_total += n * (16.0 if t is None or bits == 16 else tensor_cost(cfg, t, bits))
+        params += n
+    return bits_total, params
+
+
+def check_budget(plan: Plan, cfg: QuantConfig) -> None:
+    """--budget-bits below the cheapest menu entry everywhere is impossible: say so before any analysis."""
+    chosen = [t for t in plan.targets.values() if t.choose]
+    low = min(cfg.menu)
+    fixed_bits, fixed_params = fixed_cost(cfg, plan)
+    params = sum(t.module.weight.numel() for t in chosen) + fixed_params
+    floor = (sum(t.module.weight.numel() * tensor_cost(cfg, t, low) for t in chosen) + fixed_bits) / max(params, 1)
+    if floor > cfg.budget_bits:
+        what = f"int{low} on every layer"
+        if fixed_params:
+            what += " with " + ", ".join(f"{n} at {'float' if b == 16 else f'int{b}'}" for n, (_, b) in
+                                         plan.fixed.items())
+        raise ConfigError(f"quantize.budget_bits: {cfg.budget_bits} is below the {floor:.3f} bits/weight that "
+                          f"{what} already costs (scales included"
+                          f"{', as ' + cfg.target + ' stores them' if cfg.target else ''})")
 
 
 def _bits(precision: str) -> int:
-    return {"int8": 8, "int4": 4}[precision]
+    return {"int8": 8, "int5": 5, "int4": 4}[precision]
 
 
 def compact_names(items: list[tuple[str, int]]) -> str:

@@ -1,13 +1,19 @@
-"""Per-layer sensitivity (``--analyze``) and the mixed-precision choice (``--budget-bits``).
+"""Per-tensor sensitivity (``--analyze``) and the mixed-precision choice (``--budget-bits``).
 
-    table = analyze(model, plan, ids)                  # {name: {"params", "kl_int4", "kl_int8"}}
-    bits = allocate(plan, table, budget_bits=5.0)      # {name: 4 | 8 | 16}
+    table = analyze(model, plan, ids, cfg)     # {name: {"params", "kl_int4", "kl_int5", "kl_int8", ...}}
+    bits = allocate(plan, table, cfg)           # {name: 4 | 5 | 8 | 16}
 
-Sensitivity is measured, not guessed: each decoder linear alone is rounded to int4 (RTN on the
-configured grid) and the model's next-token distributions are compared with the float model's (mean
-KL over the analysis tokens). Only the layers from that linear's onwards are re-run, from cached
-inputs. The int8 figure is estimated as int4's × (15/255)², the ratio of the two grids' quantization
-noise powers, rather than measured: it halves the analysis time, and int8 losses are tiny anyway.
+Sensitivity is measured, not guessed: each decoder linear alone is rounded (RTN on its configured grid)
+to every menu width below 8 bits, and the model's next-token distributions are compared with the float
+model's (mean KL over the analysis tokens). Only the layers from that linear's onwards are re-run, from
+cached inputs. The int8 figure is extrapolated from the widest measured one by the ratio of the grids'
+quantization noise powers ((2^b - 1) / 255)^2, rather than measured: int8 losses are tiny anyway. The
+embedding/output table (when the budget chooses it) is measured at every menu width with whole forward
+passes: rounding a tied table changes both the model's inputs and its output projection.
+
+The allocator minimizes the summed KL within the budget, counting each tensor at what it costs in the
+files of ``--target`` (targets.cost_bits: GGUF Q5_0 is 5.5 bits, 5-bit in ONNX costs 8), so 5 bits are
+chosen where they buy the most KL per byte.
 """
 
 from __future__ import annotations
@@ -22,12 +28,18 @@ from ..errors import ConfigError
 from ..progress import track
 from . import calibrate  # looked up at call time: a test's monkeypatch of calibrate.capture must not stick
 from .calibrate import layer_forward
+from .config import QuantConfig
 from .grid import Grid, rtn
-from .layers import Plan, decoder_layers
+from .layers import Plan, Target, decoder_layers, fixed_cost, tensor_cost
 
 log = logging.getLogger(__name__)
 
-INT8_NOISE_RATIO = (15 / 255) ** 2
+INT8_NOISE_RATIO = (15 / 255) ** 2  # int4 -> int8 (kept for readers of version-1 reports)
+
+
+def noise_ratio(bits: int, to_bits: int) -> float:
+    """Quantization noise power of a ``to_bits`` grid relative to a ``bits`` grid over the same range."""
+    return (((1 << bits) - 1) / ((1 << to_bits) - 1)) ** 2
 
 
 @torch.no_grad()
@@ -50,59 +62,88 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
     return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
 
 
+def _tables_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids, use_cache=False).logits
+
+
 @torch.no_grad()
-def analyze(model: nn.Module, plan: Plan, ids: torch.Tensor) -> dict[str, dict[str, Any]]:
-    """KL vs the float model when only one decoder linear is rounded to int4, for every decoder
-    linear of ``plan`` (its grid's group size and symmetry)."""
+def analyze(model: nn.Module, plan: Plan, ids: torch.Tensor, cfg: QuantConfig | None = None
+            ) -> dict[str, dict[str, Any]]:
+    """KL vs the float model when only one tensor is rounded, for every decoder linear of ``plan`` (at
+    each menu width below 8 bits, on its grid's group size and symmetry) and every table the budget
+    chooses (at each menu width)."""
+    menu = cfg.menu if cfg is not None else (4, 8, 16)
+    low = [b for b in menu if b < 8] or [min(t.grid.bits for t in plan.targets.values())]
     inputs, kwargs = calibrate.capture(model, ids, ids.shape[0], all_layers=True)
     ref = torch.log_softmax(run_from(model, 0, inputs[0], kwargs).float(), -1)
     table: dict[str, dict[str, Any]] = {}
     linears = [t for t in plan.targets.values() if t.layer is not None]
     for t in track(linears, "sensitivity", total=len(linears)):
-        w = t.module.weight
-        orig = w.detach().clone()
-        grid4 = Grid(4, t.grid.group_size, t.grid.symmetric)
-        try:
-            w.copy_(rtn(orig, grid4, name=t.name).dequantize())
-            kl4 = _kl(ref, run_from(model, t.layer, inputs[t.layer], kwargs))
-        finally:
-            w.copy_(orig)
-        table[t.name] = {"params": w.numel(), "kl_int4": kl4, "kl_int8": kl4 * INT8_NOISE_RATIO}
-    log.info("sensitivity measured on %d tokens for %d layers", ids.numel(), len(table))
+        row: dict[str, Any] = {"params": t.module.weight.numel(), "kind": "linear"}
+        for b in low:
+            row[f"kl_int{b}"] = _rounded_kl(t, _grid(cfg, t, b), lambda t=t: run_from(model, t.layer, inputs[t.layer],
+                                                                                       kwargs), ref)
+        top = max(low)
+        row["kl_int8"] = row[f"kl_int{top}"] * noise_ratio(top, 8)
+        table[t.name] = row
+    tables = [t for t in plan.targets.values() if t.layer is None and t.choose]
+    if tables:
+        full_ref = torch.log_softmax(_tables_logits(model, ids).float(), -1)
+        for t in tables:
+            row = {"params": t.module.weight.numel(), "kind": t.kind}
+            for b in (b for b in menu if b < 16):
+                row[f"kl_int{b}"] = _rounded_kl(t, _grid(cfg, t, b), lambda: _tables_logits(model, ids), full_ref)
+            table[t.name] = row
+    log.info("sensitivity measured on %d tokens for %d tensors", ids.numel(), len(table))
     return table
 
 
-def allocate(plan: Plan, table: dict[str, dict[str, Any]], budget_bits: float) -> dict[str, int]:
-    """Bits (4, 8 or 16) per analysed layer minimizing the summed estimated KL with the average
-    storage cost (scales included, 16-bit counted at 16) within ``budget_bits``.
+def _grid(cfg: QuantConfig | None, t: Target, bits: int) -> Grid:
+    sym = cfg.grid_symmetric(bits) if cfg is not None else t.grid.symmetric
+    return Grid(bits, t.grid.group_size, sym)
 
-    Greedy on the convex hull of each layer's (cost, loss) options: repeatedly take the upgrade with
-    the largest loss reduction per extra bit that still fits.
+
+def _rounded_kl(t: Target, grid: Grid, logits, ref: torch.Tensor) -> float:
+    w = t.module.weight
+    orig = w.detach().clone()
+    try:
+        w.copy_(rtn(orig, grid, name=t.name).dequantize())
+        return _kl(ref, logits())
+    finally:
+        w.copy_(orig)
+
+
+def allocate(plan: Plan, table: dict[str, dict[str, Any]], cfg: QuantConfig) -> dict[str, int]:
+    """Bits (from ``cfg.menu``; 16 = float) per analysed tensor minimizing the summed estimated KL with
+    the average cost (targets.cost_bits, fixed-precision tables included) within ``cfg.budget_bits``.
+
+    Greedy: repeatedly take the upgrade with the largest loss reduction per extra bit that still fits.
     """
-    names = list(table)
-    cost: dict[str, dict[int, float]] = {}
+    names = [n for n in table if n in plan.targets and plan.targets[n].choose]
+    menu = cfg.menu
+    cost = {n: {b: table[n]["params"] * tensor_cost(cfg, plan.targets[n], b) for b in menu} for n in names}
     loss: dict[str, dict[int, float]] = {}
     for n in names:
-        g = plan.targets[n].grid
-        p = table[n]["params"]
-        cost[n] = {4: p * Grid(4, g.group_size, g.symmetric).bits_per_weight(),
-                   8: p * Grid(8, g.group_size, g.symmetric).bits_per_weight(), 16: p * 16.0}
-        loss[n] = {4: table[n]["kl_int4"], 8: table[n]["kl_int8"], 16: 0.0}
-    total_params = sum(table[n]["params"] for n in names)
-    budget = budget_bits * total_params
-    floor = sum(cost[n][4] for n in names)
-    if floor > budget:
-        raise ConfigError(f"quantize.budget_bits: {budget_bits} is below the {floor / total_params:.3f} bits/weight "
-                          f"that int4 on every layer already costs (scales included)")
-    choice = {n: 4 for n in names}
-    spent = floor
+        # measured KLs carry noise (a tiny layer's int5 can read above its int4): never let more bits look worse
+        loss[n], prev = {}, float("inf")
+        for b in menu:
+            prev = loss[n][b] = min(prev, 0.0 if b == 16 else max(0.0, table[n][f"kl_int{b}"]))
+    fixed_bits, fixed_params = fixed_cost(cfg, plan)
+    total_params = sum(table[n]["params"] for n in names) + fixed_params
+    budget = cfg.budget_bits * total_params
+    low = menu[0]
+    spent = sum(cost[n][low] for n in names) + fixed_bits
+    if spent > budget:
+        raise ConfigError(f"quantize.budget_bits: {cfg.budget_bits} is below the {spent / total_params:.3f} "
+                          f"bits/weight that int{low} on every layer already costs (scales included)")
+    choice = {n: low for n in names}
     while True:
         best: tuple[float, str, int] | None = None
         for n in names:
             cur = choice[n]
-            for nxt in (b for b in (8, 16) if b > cur):
+            for nxt in (b for b in menu if b > cur):
                 extra = cost[n][nxt] - cost[n][cur]
-                gain = (loss[n][cur] - loss[n][nxt]) / extra
+                gain = (loss[n][cur] - loss[n][nxt]) / max(extra, 1e-9)
                 if spent + extra <= budget and (best is None or gain > best[0]):
                     best = (gain, n, nxt)
         if best is None or best[0] <= 0:
@@ -110,16 +151,20 @@ def allocate(plan: Plan, table: dict[str, dict[str, Any]], budget_bits: float) -
         _, n, nxt = best
         spent += cost[n][nxt] - cost[n][choice[n]]
         choice[n] = nxt
-    log.info("budget %.2f bits/weight: %.3f used", budget_bits, spent / total_params)
+    log.info("budget %.2f bits/weight: %.3f used", cfg.budget_bits, spent / total_params)
     return choice
 
 
-def budget_summary(plan: Plan, table: dict[str, dict[str, Any]], choice: dict[str, int]) -> dict[str, Any]:
-    params = sum(table[n]["params"] for n in choice)
-    bits = 0.0
-    for n, b in choice.items():
-        g = plan.targets[n].grid
-        bits += table[n]["params"] * (16.0 if b == 16 else Grid(b, g.group_size, g.symmetric).bits_per_weight())
-    return {"bits_per_weight": bits / params, "estimated_kl": sum(table[n][f"kl_int{b}"] if b < 16 else 0.0
-                                                                 for n, b in choice.items()),
-            "layers": {str(b): sum(1 for v in choice.values() if v == b) for b in (4, 8, 16)}}
+def budget_summary(plan: Plan, table: dict[str, dict[str, Any]], choice: dict[str, int],
+                   cfg: QuantConfig) -> dict[str, Any]:
+    """Average cost of the choice (as allocate counts it), its estimated KL, and tensors per width."""
+    fixed_bits, fixed_params = fixed_cost(cfg, plan)
+    params = sum(table[n]["params"] for n in choice) + fixed_params
+    bits = fixed_bits + sum(table[n]["params"] * tensor_cost(cfg, plan.targets[n], b) for n, b in choice.items())
+    return {"bits_per_weight": bits / params,
+            "counted_in": cfg.target or "the grids' own cost (no --target)",
+            "estimated_kl": sum(table[n][f"kl_int{b}"] if b < 16 else 0.0 for n, b in choice.items()),
+            "layers": {str(b): sum(1 for v in choice.values() if v == b) for b in cfg.menu},
+            "tables": {n: ("float" if b == 16 else f"int{b}") for n, b in choice.items()
+                       if plan.targets[n].layer is None}
+                      | {n: ("float" if b == 16 else f"int{b}") + " (fixed)" for n, (_, b) in plan.fixed.items()}}
