@@ -57,7 +57,7 @@ def latency_run() -> Path:
     """A full bench (accuracy + latency subprocesses + roofline) of the tiny pipeline."""
     p = tiny_pipeline()
     arts = [f"{k}={v}" for k, v in p.items() if k != "reference"]
-    return bench(small_config(p["reference"]), arts, _WORK / "run-latency")
+    return bench(small_config(p["reference"], depths=(0, 64)), arts, _WORK / "run-latency")
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,6 +106,17 @@ def test_latency_and_rss_are_measured_per_process(rows):
     # process (a figure inherited from the parent would be at least the parent's)
     llama, torch_row = rows[("q8_0", "llama.cpp")]["peak_rss_mb"], rows[("int8", "pytorch")]["peak_rss_mb"]
     assert llama < torch_row / 2 and llama < peak_rss_mb()
+
+
+def test_speed_is_measured_again_at_each_context_depth(rows):
+    from compress.harness.tables import latency_table
+
+    for r in rows.values():
+        for k in ("decode_tok_s@64", "prefill_tok_s@64", "ttft_s@64"):
+            assert r[k + "_min"] <= r[k] <= r[k + "_max"] and r[k] > 0
+    cols, body = latency_table(list(rows.values()))
+    assert "decode tok/s at 64 context" in cols and all(line[cols.index("decode tok/s at 64 context")] != "-"
+                                                        for line in body)
 
 
 def test_roofline_fraction_is_decode_speed_over_bandwidth_bound(rows):

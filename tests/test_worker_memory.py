@@ -124,3 +124,14 @@ def test_a_worker_killed_by_the_budget_is_a_measured_verdict_not_an_error(monkey
     row.update(label="big", runtime="onnxruntime", file_mb=900.0, fits_memory=False, fits_storage=False)
     cols, body = budget_table([row], {"memory_budget_mb": 1536, "storage_budget_mb": 300})
     assert "TOO BIG: over profile 'phone-lowend'" in body[0][-1]
+
+
+def test_a_depth_prompt_is_the_context_before_the_same_prompt_length():
+    from compress.harness.config import BenchConfig
+    from compress.harness.runner import _prompt_ids
+    from tiny import build_tokenizer
+
+    tok = build_tokenizer(add_bos=False)
+    cfg = BenchConfig(prompt_tokens=16)
+    base, deep = _prompt_ids(tok, cfg), _prompt_ids(tok, cfg, depth=64)
+    assert len(base) == 16 and len(deep) == 80 and deep[:16] == base

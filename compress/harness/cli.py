@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         mc_limit: Optional[int] = typer.Option(None, help="Examples per task (0 = all)."),
         prompt_tokens: Optional[int] = typer.Option(None, help="Prompt length for time to first token."),
         new_tokens: Optional[int] = typer.Option(None, help="Tokens generated per repetition."),
+        depths: Optional[str] = typer.Option(None, help="Context depths for speed, e.g. 0,512,2048 (default 0)."),
         warmup: Optional[int] = typer.Option(None, help="Warm-up generations."),
         repetitions: Optional[int] = typer.Option(None, help="Timed generations (median and spread)."),
         accuracy: Optional[bool] = typer.Option(None, "--accuracy/--no-accuracy", help="Accuracy phase."),
@@ -60,6 +61,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Accuracy (against the reference), latency, peak RSS and roofline of artifacts on every runtime."""
         from compress.config import load_config_file
+        from compress.errors import ConfigError
 
         from . import BenchConfig, bench as do_bench, read_rows, write_report
         from .tables import accuracy_table, latency_table
@@ -74,6 +76,11 @@ def register(app: typer.Typer) -> None:
             opts["runtimes"] = [r.strip() for r in runtimes.split(",") if r.strip()]
         if tasks is not None:
             opts["tasks"] = [t.strip() for t in tasks.split(",") if t.strip()]
+        if depths is not None:
+            try:
+                opts["depths"] = [int(d) for d in depths.split(",") if d.strip()]
+            except ValueError:
+                raise ConfigError(f"--depths: {depths!r} is not a comma-separated list of token counts") from None
         cfg = BenchConfig.from_dict({**cfg.to_dict(), **opts})
         if save_config:
             save_config.write_text(cfg.to_yaml())

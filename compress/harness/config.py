@@ -28,6 +28,9 @@ class BenchConfig(StageConfig):
     mc_limit: int = 50
     prompt_tokens: int = 128
     new_tokens: int = 128
+    # decode and prefill speed measured again with this many tokens of context already in the cache
+    # (llama-bench's -d): chat runs at 1-4k tokens, where a growing KV cache slows some runtimes down
+    depths: tuple[int, ...] = (0,)
     warmup: int = 1
     repetitions: int = 3
     accuracy: bool = True
@@ -46,6 +49,9 @@ class BenchConfig(StageConfig):
                 raise ConfigError(f"bench.{name}: {getattr(self, name)} must be >= 1")
         if self.new_tokens < 2:
             raise ConfigError("bench.new_tokens: decode speed needs at least 2 new tokens")
+        if not self.depths or any(d < 0 for d in self.depths) or len(set(self.depths)) != len(self.depths):
+            raise ConfigError(f"bench.depths: {list(self.depths)} must be distinct context lengths >= 0 "
+                              "(e.g. 0, 512, 2048)")
         if self.warmup < 0 or self.mc_limit < 0:
             raise ConfigError("bench.warmup and bench.mc_limit must be >= 0")
         if not (self.accuracy or self.latency):

@@ -82,6 +82,7 @@ def bench(cfg: BenchConfig, artifacts: list[str | Path], out_dir: str | Path, *,
         if cfg.latency:
             step(f"latency: {len(pairs)} subprocesses")
             prompt = _prompt_ids(tokenizer, cfg)
+            depth_prompts = {d: _prompt_ids(tokenizer, cfg, depth=d) for d in cfg.depths if d > 0}
             bw = None
             if cfg.roofline:
                 from .roofline import bandwidth_gb_s
@@ -92,7 +93,7 @@ def bench(cfg: BenchConfig, artifacts: list[str | Path], out_dir: str | Path, *,
                 meta["bandwidth_gb_s"] = bw
                 meta["load_average_bandwidth"] = os.getloadavg()
             for t, r in pairs:
-                rows[(t.label, r)].update(_latency(cfg, t, r, profile, prompt, bw))
+                rows[(t.label, r)].update(_latency(cfg, t, r, profile, prompt, bw, depth_prompts))
         step("writing the run")
         for (label, r), row in rows.items():
             measured = row.pop("fits_memory_enforced", None)
@@ -195,21 +196,25 @@ def _longest_mc(tokenizer, plan) -> int:
     return longest
 
 
-def _prompt_ids(tokenizer, cfg: BenchConfig) -> list[int]:
-    """The fixed prompt: the first ``prompt_tokens`` tokens of the text (BOS first where the model uses it)."""
+def _prompt_ids(tokenizer, cfg: BenchConfig, depth: int = 0) -> list[int]:
+    """The fixed prompt: the first ``depth + prompt_tokens`` tokens of the text (BOS first where the model
+    uses it); at depth 0 the prompt alone."""
     from compress.data import load_text, tokenize_text, uses_bos
 
+    n = depth + cfg.prompt_tokens
     text = load_text(cfg.data).text
     bos = [tokenizer.bos_token_id] if uses_bos(tokenizer) else []
-    ids = bos + tokenize_text(tokenizer, text[: cfg.prompt_tokens * 16], cfg.prompt_tokens - len(bos))
-    if len(ids) < cfg.prompt_tokens:
-        raise errors.DataError(f"{cfg.data}: too short for a {cfg.prompt_tokens}-token prompt")
+    ids = bos + tokenize_text(tokenizer, text[: n * 16], n - len(bos))
+    if len(ids) < n:
+        raise errors.DataError(f"{cfg.data}: too short for a {n}-token prompt")
     return ids
 
 
-def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float | None) -> dict[str, Any]:
+def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float | None,
+             depth_prompts: dict[int, list[int]] | None = None) -> dict[str, Any]:
     spec = {"runtime": runtime, "path": t.loaders[runtime], "profile": profile.__dict__, "prompt_ids": prompt,
-            "new_tokens": cfg.new_tokens, "warmup": cfg.warmup, "repetitions": cfg.repetitions}
+            "new_tokens": cfg.new_tokens, "warmup": cfg.warmup, "repetitions": cfg.repetitions,
+            "depth_ids": {str(d): ids for d, ids in (depth_prompts or {}).items() if d > 0}}
     from .enforce import Limits
 
     limits = Limits.for_profile(profile)
@@ -240,6 +245,11 @@ def _latency(cfg, t: Target, runtime: str, profile, prompt: list[int], bw: float
     for k in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
         vals = [r[k] for r in runs]
         out[k], out[k + "_min"], out[k + "_max"] = statistics.median(vals), min(vals), max(vals)
+    for d, druns in res.get("depth_runs", {}).items():
+        for k in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
+            vals = [r[k] for r in druns]
+            out[f"{k}@{d}"] = statistics.median(vals)
+            out[f"{k}@{d}_min"], out[f"{k}@{d}_max"] = min(vals), max(vals)
     b = res["bytes_per_token"]
     out.update(bytes_per_token=b["total"], weight_bytes_per_token=b["weights"], kv_bytes_per_token=b["kv"])
     if bw:

@@ -45,7 +45,10 @@ def latency_table(rows: list[dict[str, Any]]) -> Table | None:
     rows = [r for r in rows if r.get("decode_tok_s") is not None]
     if not rows:
         return None
+    depths = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("decode_tok_s@") and
+                     k.count("_") == 2})
     cols = ["artifact", "runtime", "threads", "load s", "TTFT ms", "prefill tok/s", "decode tok/s",
+            *[f"decode tok/s at {d} context" for d in depths],
             "peak RSS MB (imports)", "RSS anon/file MB", "MB read/token", "roofline tok/s", "of roofline"]
     body = []
     for r in rows:
@@ -55,6 +58,7 @@ def latency_table(rows: list[dict[str, Any]]) -> Table | None:
                      threads, _f(r["load_s"], ".2f"),
                      f"{ttft['ttft_s']:.0f} [{ttft['ttft_s_min']:.0f}-{ttft['ttft_s_max']:.0f}]",
                      _spread(r, "prefill_tok_s", ".0f"), _spread(r, "decode_tok_s", ".1f"),
+                     *[_spread(r, f"decode_tok_s@{d}", ".1f") if f"decode_tok_s@{d}" in r else "-" for d in depths],
                      f"{r['peak_rss_mb']:.0f} ({r['rss_start_mb']:.0f})", _split(r), _f(r["bytes_per_token"] / 1e6, ".2f"),
                      _f(r.get("roofline_tok_s"), ".0f"), _f(r.get("roofline_fraction"), ".0%")])
     return cols, body

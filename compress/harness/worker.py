@@ -66,20 +66,30 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     start = memory_status()
     profile = DeviceProfile(**spec["profile"])
     prompt, new = list(spec["prompt_ids"]), int(spec["new_tokens"])
+    # context depth d: the prompt is the d tokens before it plus the prompt itself, as a chat's history
+    deep = {int(d): list(ids) for d, ids in spec.get("depth_ids", {}).items()}
+    longest = max([len(prompt)] + [len(ids) for ids in deep.values()])
     t0 = time.perf_counter()
-    rt = load_runtime(spec["runtime"], spec["path"], profile, n_ctx=len(prompt) + new + 8)
+    rt = load_runtime(spec["runtime"], spec["path"], profile, n_ctx=longest + new + 8)
     load_s = time.perf_counter() - t0
     loaded = memory_status()
-    for _ in range(int(spec["warmup"])):
-        rt.generate(prompt, new)
-    runs = []
-    for _ in range(int(spec["repetitions"])):
-        g = rt.generate(prompt, new)
-        runs.append({"ttft_s": g.time_to_first_token_s, "prefill_tok_s": g.prefill_tokens_per_s,
-                     "decode_tok_s": g.decode_tokens_per_s, "new_tokens": len(g.new_ids), "total_s": g.total_s})
+
+    def timed(ids: list[int]) -> tuple[list[dict[str, float]], Any]:
+        for _ in range(int(spec["warmup"])):
+            rt.generate(ids, new)
+        runs = []
+        for _ in range(int(spec["repetitions"])):
+            g = rt.generate(ids, new)
+            runs.append({"ttft_s": g.time_to_first_token_s, "prefill_tok_s": g.prefill_tokens_per_s,
+                         "decode_tok_s": g.decode_tokens_per_s, "new_tokens": len(g.new_ids), "total_s": g.total_s})
+        return runs, g
+
+    runs, g = timed(prompt)
+    depth_runs = {d: timed(ids)[0] for d, ids in sorted(deep.items())}
     generated = memory_status()
     # bookkeeping from here on: nothing below may move the figures above
     return {"runtime": rt.name, "runtime_version": rt.version(), "load_s": load_s, "runs": runs,
+            "depth_runs": depth_runs,
             "new_ids": g.new_ids, "bytes_per_token": bytes_per_token(rt, len(prompt) + new / 2),
             "rss_start_mb": start["peak"], "rss_loaded_mb": loaded["peak"], "peak_rss_mb": generated["peak"],
             "memory": {"start": start, "loaded": loaded, "generated": generated},
