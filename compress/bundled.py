@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .config import suggest
-from .errors import MissingBackendError, ModelLoadError
+from .errors import ConfigError, MissingBackendError, ModelLoadError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,12 @@ BUNDLED = {
 
 def cache_root() -> Path:
     """``$COMPRESS_CACHE``, else ``~/.cache/compress``."""
-    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress").expanduser()
+    env = os.environ.get("COMPRESS_CACHE")
+    root = Path(env or Path.home() / ".cache" / "compress").expanduser()
+    if root.exists() and not root.is_dir():  # else the error names some file below it, not the variable
+        where = f"COMPRESS_CACHE={env}" if env else str(root)
+        raise ConfigError(f"{where}: is a file, not a directory; point COMPRESS_CACHE at a folder")
+    return root
 
 
 def bundled(name: str) -> BundledModel:

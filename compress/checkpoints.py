@@ -44,6 +44,26 @@ def check_gguf(path: Path) -> None:
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
             raise ModelLoadError(f"{path}: truncated GGUF (tensor {t.name} ends past the file's {size} bytes)")
+    check_gguf_strings(reader, path)
+
+
+def check_gguf_strings(reader, path: Path) -> None:
+    """Every metadata string is UTF-8: llama.cpp (through llama-cpp-python) drops *all* metadata when one
+    is not, and the model then chats without its template, through a plain transcript, exit 0."""
+    from gguf import GGUFValueType
+
+    for name, field in reader.fields.items():
+        if GGUFValueType.STRING not in field.types:
+            continue
+        for i, idx in enumerate(field.data):
+            raw = bytes(field.parts[idx])
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where = f"{name}[{i}]" if field.types[0] == GGUFValueType.ARRAY else name
+                raise ModelLoadError(f"{path}: metadata {where!r} is not UTF-8 (byte {raw[e.start]:#04x} at "
+                                     f"{e.start}); llama.cpp would drop all metadata, chat template "
+                                     "included") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +84,7 @@ def inspect_hf_folder(path: Path, *, allow_pickle: bool = False, trust_remote_co
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{cfg_path}: not valid JSON ({e})") from None
     check_causal_lm(config, cfg_path)
+    check_dimensions(config, cfg_path)
     if config.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(f"{cfg_path}: the model asks to run its own code (auto_map); "
                              "pass --trust-remote-code only if you trust its source")
@@ -79,6 +100,36 @@ def inspect_hf_folder(path: Path, *, allow_pickle: bool = False, trust_remote_co
         raise ModelLoadError(f"{path}: only pickle checkpoints ({pickles[0].name}), which can run code when "
                              "loaded; convert to safetensors, or pass --allow-pickle if you trust the source")
     return HFFolder(path, config, pickles, True)
+
+
+# sizes every decoder needs to be positive integers; transformers builds a 0-layer model and prints a
+# 15-line load report instead of naming the field
+_POSITIVE = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size", "intermediate_size",
+             "num_key_value_heads")
+
+
+def check_dimensions(config: dict, where: Path | str) -> None:
+    sections = [config] + [v for k, v in config.items() if k == "text_config" and isinstance(v, dict)]
+    for section in sections:
+        for key in _POSITIVE:
+            if key in section and section[key] is not None:
+                v = section[key]
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ModelLoadError(f"{where}: {key} is {v!r}; a model needs a positive whole number")
+
+
+def blame_json(folder: Path) -> None:
+    """After a tokenizer or model failed to load: name the JSON file that is broken (a truncated
+    tokenizer.json made tokenizers say only 'EOF while parsing'), if one is."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                 "config.json"):
+        f = folder / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ModelLoadError(f"{f}: not valid JSON, truncated or corrupt ({str(e).splitlines()[0]})") \
+                    from None
 
 
 def check_causal_lm(config: dict, where: Path | str) -> None:

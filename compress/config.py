@@ -134,17 +134,46 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> StageCon
     return _REGISTRY[kind].from_dict(data, where=where)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"key {key!r} given twice (line {line})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently: a recipe with two `quantize:` sections planned only
+    the second. Refused instead (merge keys `<<` still override, as YAML means them to)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base constructor says so
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """Parse a YAML (or JSON) file a user gave us; every way it can be unreadable is one ConfigError line."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, expected a {what}")
     if not p.is_file():
         raise ConfigError(f"{p}: {what} does not exist")
     try:
-        return yaml.safe_load(p.read_text())
+        return yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"{p}: {e}; a {what} gives each key once") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file") from None
+        raise ConfigError(f"{p}: not a text file (not UTF-8)") from None
 
 
 def load_config_file(path: str | Path, expect: type[C] | None = None) -> C | StageConfig:

@@ -106,7 +106,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     if not mf.is_file():
         raise ArtifactError(f"{d}: no {MANIFEST} (not a compress artifact, or an unfinished one)")
     try:
-        raw = json.loads(mf.read_text(), object_pairs_hook=unique_keys(str(mf)))
+        raw = json.loads(mf.read_text(), object_pairs_hook=unique_keys)
         if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA_VERSION:
             raise ArtifactError(f"{mf}: manifest schema {raw['schema']} is newer than this compress "
                                 f"understands ({SCHEMA_VERSION}); upgrade compress")
@@ -125,17 +125,14 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     return m
 
 
-def unique_keys(where: str):
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A json ``object_pairs_hook`` refusing a key given twice (json keeps the last one silently)."""
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise ValueError(f"{where}: key {k!r} given twice")
-            out[k] = v
-        return out
-
-    return hook
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} given twice")
+        out[k] = v
+    return out
 
 
 def _is_num(v: Any) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from . import bundled as _bundled
-from .checkpoints import check_gguf, inspect_hf_folder
+from .checkpoints import blame_json, check_gguf, inspect_hf_folder
 from .errors import ModelLoadError
 from .manifest import MANIFEST, file_digest, read_manifest
 
@@ -58,7 +58,8 @@ def resolve_model(spec: str | Path) -> ModelSource:
     p = Path(s).expanduser()
     if p.exists():
         if p.is_dir():
-            return ModelSource(s, "hf_dir", p)
+            exported = _exported_gguf(p)
+            return ModelSource(s, "gguf", exported) if exported else ModelSource(s, "hf_dir", p)
         if p.suffix == ".gguf":
             return ModelSource(s, "gguf", p)
         raise ModelLoadError(f"{s}: not a model folder or a .gguf file")
@@ -70,6 +71,23 @@ def resolve_model(spec: str | Path) -> ModelSource:
         return ModelSource(s, "hub")
     _bundled.bundled(s)  # raises, listing the bundled names
     raise AssertionError("unreachable")
+
+
+def _exported_gguf(folder: Path) -> Path | None:
+    """The .gguf inside a GGUF export folder (folders are documented as accepted everywhere); an ONNX
+    export is refused with what to do instead of 'no config.json'."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    m = read_manifest(folder)
+    if m.stage == "export-onnx":
+        raise ModelLoadError(f"{folder}: an ONNX export; PyTorch stages read the folder it was exported from "
+                             f"(measure this one with: compress bench {folder})")
+    if m.stage != "export-gguf":
+        return None
+    ggufs = [n for n in m.files if n.endswith(".gguf") and "/" not in n and not n.startswith(".")]
+    if len(ggufs) != 1:
+        raise ModelLoadError(f"{folder}: expected one .gguf file in the export, found {len(ggufs)}")
+    return folder / ggufs[0]
 
 
 # manifest stage -> loader(folder, manifest) for artifacts that are not plain HF folders
@@ -119,7 +137,9 @@ def load_tokenizer(spec: str | Path, *, allow_pickle: bool = False, trust_remote
     try:
         return AutoTokenizer.from_pretrained(str(src.path) if src.path else src.spec,
                                              trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types on a broken file
+        if src.path is not None:
+            blame_json(src.path)
         raise ModelLoadError(f"{src.spec}: cannot load its tokenizer ({_first_line(e)})") from None
 
 
@@ -149,7 +169,8 @@ def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_re
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch.float32, use_safetensors=not info.pickle, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types on a broken file
+        blame_json(folder)
         raise ModelLoadError(f"{folder}: transformers cannot load this folder ({_first_line(e)})") from None
     model.eval()
     _require_finite(model, folder)

@@ -50,16 +50,19 @@ def resolve_chat_artifact(path: str | Path) -> tuple[str, Path]:
     """("gguf" | "onnx", model file) for a .gguf file or an export artifact; typed errors otherwise."""
     from ..manifest import read_manifest
 
-    p = Path(path)
-    if p.is_file() and p.suffix == ".gguf":
-        from ..checkpoints import check_gguf
-        from ..errors import ModelLoadError
+    from ..checkpoints import check_gguf
+    from ..errors import ModelLoadError
 
+    def checked(f: Path) -> tuple[str, Path]:
         try:
-            check_gguf(p)
+            check_gguf(f)  # truncation, and metadata llama.cpp would drop (the chat template with it)
         except ModelLoadError as e:
             raise ArtifactError(str(e)) from None
-        return "gguf", p
+        return "gguf", f
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        return checked(p)
     if p.is_file():
         raise ArtifactError(f"{p}: not a .gguf file or an export artifact directory")
     m = read_manifest(p)  # missing, unfinished and truncated artifacts fail here
@@ -67,7 +70,7 @@ def resolve_chat_artifact(path: str | Path) -> tuple[str, Path]:
         ggufs = [n for n in m.files if n.endswith(".gguf") and not n.startswith(".")]
         if len(ggufs) != 1:
             raise ArtifactError(f"{p}: expected one .gguf file in the export, found {len(ggufs)}")
-        return "gguf", p / ggufs[0]
+        return checked(p / ggufs[0])
     if m.stage == "export-onnx":
         return "onnx", p / m.report.get("model_file", "model.onnx")
     raise ArtifactError(f"{p}: a {m.stage!r} artifact cannot chat; export it first "

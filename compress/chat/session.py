@@ -12,6 +12,7 @@ stays), so a long chat keeps going instead of failing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from typing import Callable, TextIO
 
@@ -19,7 +20,21 @@ from ..errors import DataError
 from .backends import TurnStats
 from .config import ChatConfig
 
+log = logging.getLogger(__name__)
 HELP = "commands: /stats  /reset  /exit   (Ctrl-C stops an answer, Ctrl-D exits)"
+
+
+def valid_text(text: str) -> str:
+    """``text`` with bytes that were not UTF-8 replaced by U+FFFD, said on stderr.
+
+    Python hands such bytes over as lone surrogates (argv; stdin read with surrogateescape), which
+    every tokenizer refuses with a traceback; a typo in one byte should cost one character, not the turn."""
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    n = sum("\udc80" <= c <= "\udcff" for c in text)
+    log.warning("the message was not valid UTF-8: %d byte(s) replaced with U+FFFD", n)
+    return fixed
 
 
 def rss_mb() -> float:
@@ -70,6 +85,7 @@ class ChatSession:
 
     def ask(self, user: str, write: Callable[[str], None]) -> str:
         """Stream one answer through ``write``; the exchange joins the history when it completes."""
+        user = valid_text(user)
         ids = self.prompt_ids(user)
         self.prompt_tokens = len(ids)
         pieces: list[str] = []
@@ -110,6 +126,8 @@ def repl(session: ChatSession, *, stdin: TextIO | None = None, stdout: TextIO | 
     """Read-eval-print loop on a terminal (or any streams, for tests). Returns the exit code."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    if hasattr(stdin, "reconfigure"):  # a stray non-UTF-8 byte becomes a surrogate valid_text() replaces
+        stdin.reconfigure(errors="surrogateescape")
     interactive = stdin.isatty()
 
     def write(piece: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.finite import is_finite_number
-from compress.manifest import read_manifest
+from compress.manifest import read_manifest, unique_keys
 
 from .runner import read_rows
 from .config import CheckConfig
@@ -82,11 +82,13 @@ def write_baseline(run_dir: str | Path, baseline_path: str | Path) -> Path:
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, expected a baseline file (JSON)")
     if not p.is_file():
         raise ConfigError(f"{p}: baseline file does not exist (write one with --update-baseline)")
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(p.read_text(), object_pairs_hook=unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{p}: malformed baseline, not JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{p}: malformed baseline, not a {FORMAT} file (write one with --update-baseline)")

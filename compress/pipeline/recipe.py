@@ -110,7 +110,10 @@ def _name(p: Path, section: str, i: int, entry: dict[str, Any], default: str | N
     where = f"{p}: {section}[{i}]"
     if name is None:
         raise ConfigError(f"{where}: 'name' is required (it names the output folder {section}-NAME)")
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    if not isinstance(name, str):  # `name: 8` reads as an integer: "8 must be letters, digits" confused users
+        raise ConfigError(f"{where}.name: {name!r} is YAML's {type(name).__name__}, not a string; quote it "
+                          f"(name: \"{name}\")")
+    if not _NAME.fullmatch(name) or ".." in name:
         raise ConfigError(f"{where}.name: {name!r} must be a plain folder name (letters, digits, '_', '-', '.'); "
                           "outputs stay inside work_dir")
     return name

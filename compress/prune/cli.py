@@ -42,10 +42,13 @@ def parse_target(method: str, target: str | None) -> dict[str, Any]:
     if method == "width":
         out: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in t.split(","))):
-            key, _, val = part.partition("=")
-            if key.strip() not in _WIDTH_KEYS or not val.strip().isdigit():
+            key, sep, val = part.partition("=")
+            if key.strip() not in _WIDTH_KEYS:
                 raise ConfigError(f"--target: {part!r} is not KEY=N with KEY one of ffn, heads, kv_heads"
                                   f"{suggest(key.strip(), _WIDTH_KEYS)}")
+            if not sep or not val.strip().isdigit():  # the key is right: blame the value, not the key
+                raise ConfigError(f"--target: {key.strip()}={val.strip()!r}: the value must be a whole number "
+                                  f"(e.g. {key.strip()}=1024)")
             out[_WIDTH_KEYS[key.strip()]] = int(val)
         return out
     if t not in ("", "2:4"):

@@ -24,6 +24,25 @@ Cases:
 50. quantize: a legal 240-character --out name works (the hidden temp name stays short)
 51. export: a dead process's temporary of another output in the same parent is swept; a live one and
     the user's own hidden files are kept
+52. chat: --threads 100000: clamped to the cores, said once (llama.cpp segfaulted)
+53. eval: --threads 100000: clamped, said once, a perplexity (it printed an error, then segfaulted)
+54. info / chat: a manifest whose files is a string, whose report is a list, or whose files escape the
+    artifact: one line naming the field (was a traceback)
+55. info: a manifest giving a key twice
+56. run: a recipe with two quantize: keys (only the second was planned)
+57. quantize: a --config file giving a key twice (the last was kept silently)
+58. chat: a GGUF whose metadata holds a string that is not UTF-8: refused naming the key (llama.cpp
+    dropped all metadata and chatted without the template)
+59. chat: --once text with invalid UTF-8: bytes replaced with U+FFFD and said (was a traceback)
+60. quantize: --group-size 32.5 and a misspelt option: one error line naming option and value (was
+    typer's usage block)
+61. prune: --target ffn=abc blames the value, not the key
+62. run: recipe name: 8 (a YAML integer) says to quote it
+63. check --baseline DIR, quantize --config DIR: "is a directory, expected a ... file"
+64. models: COMPRESS_CACHE pointing at a file is named
+65. eval: a GGUF export folder evaluates its GGUF (said "no config.json")
+66. quantize: config.json with num_hidden_layers: 0 names the file and the field
+67. eval: a truncated tokenizer.json names the file
 """
 
 from __future__ import annotations
@@ -265,3 +284,149 @@ def test_51_dead_temporaries_in_the_parent_are_swept(tiny, tmp_path, run_cli):
     rc, _, err = run_cli("export", tiny, "--format", "gguf", "--qtype", "F32", "--check-tokens", "32", "--out", out)
     assert rc == 0, err
     assert not stale.exists() and live.is_dir() and own.read_text() == "mine"
+
+
+# ---- threads are clamped to the cores ----------------------------------------------------------------------
+
+def _clamp_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "threads asked for" in r.getMessage()]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clamp_notes(monkeypatch):
+    """The clamp is said once per process; every in-process CLI run here is a process of its own."""
+    monkeypatch.setattr("runtimes.base._SAID", set())
+
+
+def test_52_chat_threads_clamped_and_said_once(gguf, run_cli, caplog):
+    rc, out, err = run_cli("chat", gguf, "--threads", "100000", "--once", "hi", "--max-new-tokens", "4")
+    assert rc == 0, err
+    cores = os.cpu_count()
+    assert _clamp_lines(caplog) == [f"100000 threads asked for; this machine has {cores} cores, using {cores}"]
+
+
+def test_53_eval_threads_clamped_and_said_once(tiny, run_cli, caplog):
+    rc, out, err = run_cli("eval", tiny, "--threads", "100000", "--tasks", "", "--max-tokens", "64", "--window", "32",
+                           "--stride", "32", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["result"]["perplexity"] > 1
+    assert len(_clamp_lines(caplog)) == 1
+
+
+# ---- input files validated where they are read -------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, says", [
+    ("files", "model.gguf", "'files' must be an object of file name -> size in bytes"),
+    ("report", [1, 2], "'report' must be an object"),
+    ("files", {"../../etc/passwd": 10}, "is not a path inside the artifact"),
+], ids=["files-string", "report-list", "files-escaping"])
+@pytest.mark.parametrize("command", ["info", "chat"])
+def test_54_manifest_of_wrong_types(command, field, value, says, art, run_cli):
+    m = json.loads((art / "manifest.json").read_text())
+    m[field] = value
+    (art / "manifest.json").write_text(json.dumps(m))
+    args = ["info", art] if command == "info" else ["chat", art, "--once", "hi"]
+    fails(run_cli(*args), "manifest.json: corrupt manifest", says)
+
+
+def test_55_manifest_with_a_key_twice(art, run_cli):
+    text = (art / "manifest.json").read_text()
+    (art / "manifest.json").write_text(text.replace('"stage":', '"stage": "quantize", "stage":', 1))
+    fails(run_cli("info", art), "corrupt manifest", "key 'stage' given twice")
+
+
+def test_56_run_recipe_with_a_section_twice(tiny, tmp_path, run_cli):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"model: {tiny}\nwork_dir: {tmp_path / 'work'}\nquantize:\n  - {{name: a, scheme: int8}}\n"
+                 "quantize:\n  - {name: b, scheme: int8}\n")
+    fails(run_cli("run", p, "--dry-run"), "r.yaml: key 'quantize' given twice (line 5)")
+    assert not (tmp_path / "work").exists()
+
+
+def test_57_config_file_with_a_key_twice(model, tmp_path, run_cli):
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("scheme: int8\ngroup_size: 32\ngroup_size: 64\n")
+    out = tmp_path / "q"
+    fails(run_cli("quantize", model, "--config", cfg, "--out", out), "q.yaml: key 'group_size' given twice (line 3)")
+    nothing_complete(out)
+
+
+def test_58_gguf_metadata_not_utf8_refused_with_the_key(art, run_cli):
+    import struct
+
+    f = next(art.glob("*.gguf"))
+    data = f.read_bytes()
+    value = b"general.name" + struct.pack("<IQ", 8, 4) + b"tiny"
+    assert data.count(value) == 1
+    f.write_bytes(data.replace(value, value[:-4] + b"ti\xffy"))  # same size: the manifest's check passes
+    fails(run_cli("chat", art, "--once", "hi"), "metadata 'general.name' is not UTF-8", "chat template")
+    fails(run_cli("chat", f, "--once", "hi"), "metadata 'general.name' is not UTF-8")
+
+
+def test_59_chat_once_with_invalid_utf8_is_replaced_and_said(gguf, run_cli, caplog):
+    once = os.fsdecode(b"caf\xe9 \xff\xfe?")  # what Python makes of those bytes in argv: lone surrogates
+    rc, out, err = run_cli("chat", gguf, "--once", once, "--max-new-tokens", "4")
+    assert rc == 0 and "Traceback" not in err, err
+    said = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert said == ["the message was not valid UTF-8: 3 byte(s) replaced with U+FFFD"]
+
+
+# ---- one-line errors naming the option, file or field, and the value -----------------------------------------
+
+def test_60_usage_error_is_one_line(model, tmp_path, run_cli):
+    out = tmp_path / "q"
+    fails(run_cli("quantize", model, "--scheme", "int4-rtn", "--group-size", "32.5", "--out", out),
+          "--group-size: '32.5' is not valid", "integer")
+    fails(run_cli("quantize", model, "--grup-size", "32", "--out", out), "No such option: --grup-size")
+    nothing_complete(out)
+
+
+def test_61_prune_target_blames_the_value(model, tmp_path, run_cli):
+    out = tmp_path / "p"
+    fails(run_cli("prune", model, "--method", "width", "--target", "ffn=abc", "--out", out),
+          "--target: ffn='abc': the value must be a whole number")
+    nothing_complete(out)
+
+
+def test_62_recipe_name_that_yaml_reads_as_a_number(tiny, tmp_path, run_cli):
+    r = tmp_path / "r.yaml"
+    r.write_text(f"model: {tiny}\nwork_dir: {tmp_path / 'work'}\nquantize:\n  - {{name: 8, scheme: int8}}\n")
+    fails(run_cli("run", r, "--dry-run"), "quantize[0].name: 8 is YAML's int, not a string", 'quote it (name: "8")')
+
+
+def test_63_directory_where_a_file_is_expected(model, bench_run, tmp_path, run_cli):
+    d = tmp_path / "adir"
+    d.mkdir()
+    fails(run_cli("check", bench_run, "--baseline", d), "adir: is a directory, expected a baseline file")
+    fails(run_cli("quantize", model, "--config", d, "--out", tmp_path / "q"), "adir: is a directory, expected a config")
+
+
+def test_64_compress_cache_pointing_at_a_file(tmp_path, run_cli, monkeypatch):
+    f = tmp_path / "cachefile"
+    f.write_text("x")
+    monkeypatch.setenv("COMPRESS_CACHE", str(f))
+    fails(run_cli("models"), f"COMPRESS_CACHE={f}: is a file, not a directory")
+
+
+def test_65_eval_of_a_gguf_export_folder_evaluates_its_gguf(gguf, run_cli):
+    rc, out, err = run_cli("eval", gguf, "--tasks", "", "--max-tokens", "64", "--window", "32", "--stride", "32",
+                           "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["model_id"].startswith("gguf:") and r["result"]["perplexity"] > 1
+
+
+def test_66_config_with_zero_layers_names_file_and_field(model, tmp_path, run_cli):
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["num_hidden_layers"] = 0
+    (model / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "q"
+    fails(run_cli("quantize", model, "--scheme", "int8", "--out", out), "config.json: num_hidden_layers is 0")
+    nothing_complete(out)
+
+
+def test_67_truncated_tokenizer_json_names_the_file(model, run_cli):
+    tj = model / "tokenizer.json"
+    tj.write_bytes(tj.read_bytes()[:500])
+    fails(run_cli("eval", model, "--tasks", "", "--max-tokens", "64", "--window", "32", "--stride", "32"),
+          "tokenizer.json: ", "corrupt")
