@@ -129,7 +129,9 @@ def eval_(
         ref = TorchRuntime()
         ref.load(reference, profile, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if save_config:
-        save_config.write_text(cfg.to_yaml())
+        from .outputs import write_text_output
+
+        write_text_output(save_config, cfg.to_yaml(), inputs=(model, reference, cfg.data))
     result = evaluate(rt, rt.tokenizer, cfg, reference=ref, plan=plan)
     payload = {"model": model, "model_id": rt.loaded.model_id, "import_check": rt.loaded.checks, "reference": reference,
                "reference_id": ref.loaded.model_id if ref else None, "load_s": round(load_s, 2),

@@ -56,7 +56,8 @@ def input_paths(spec: str | Path | None) -> list[Path]:
     return []
 
 
-def check_no_overlap(out_dir: str | Path, inputs: Iterable[str | Path | None], *, what: str = "output") -> None:
+def check_no_overlap(out_dir: str | Path, inputs: Iterable[str | Path | None], *, what: str = "output",
+                     option: str = "--out") -> None:
     """Raise ArtifactError when ``out_dir`` equals, contains or lies inside one of ``inputs``."""
     out = Path(out_dir).expanduser().resolve()
     for spec in inputs:
@@ -71,7 +72,19 @@ def check_no_overlap(out_dir: str | Path, inputs: Iterable[str | Path | None], *
                 continue
             shown = f" {spec} ({inp})" if str(spec) != str(inp) else f" {inp}"
             raise ArtifactError(f"{out_dir}: the {what} {rel}{shown}; writing there would destroy it "
-                                "- choose another --out")
+                                f"- choose another {option}")
+
+
+def write_text_output(path: str | Path, text: str, *, inputs: Iterable[str | Path | None],
+                      option: str = "--save-config") -> Path:
+    """Write a small file the user named (a saved config, a baseline) unless it would overwrite or land
+    inside an input: `--save-config MODEL/config.json` replaced the model's own config."""
+    p = Path(path)
+    check_no_overlap(p, inputs, what=f"{option} file", option=option)
+    if p.is_dir():
+        raise ArtifactError(f"{p}: is a directory, expected a file for {option}")
+    p.write_text(text)
+    return p
 
 
 def temp_name(out_dir: Path, tag: str, suffix: str) -> Path:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.config import load_config_file, suggest
+from compress.outputs import write_text_output
 from compress.errors import ConfigError
 
 out = Console()
@@ -40,7 +41,7 @@ def _gguf(req: ExportRequest) -> None:
     given = {k: v for k, v in req.options.items() if v is not None}
     cfg = GGUFConfig.from_dict({**cfg.to_dict(), **given})
     if req.save_config:
-        req.save_config.write_text(cfg.to_yaml())
+        write_text_output(req.save_config, cfg.to_yaml(), inputs=[req.artifact])
     if req.dry_run:
         _gguf_dry_run(req, cfg)
         return

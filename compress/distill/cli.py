@@ -68,7 +68,9 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("distill: --student is required (a model folder, e.g. from compress prune)")
         cfg = DistillConfig.from_dict({**base, **overrides})
         if save_config:
-            save_config.write_text(cfg.to_yaml())
+            from ..outputs import write_text_output
+
+            write_text_output(save_config, cfg.to_yaml(), inputs=(cfg.teacher, cfg.student, cfg.data, cfg.eval_data))
         if out is None:
             raise ConfigError("distill: --out DIR is required")
         path = run_distill(cfg, out, resume=resume, force=force, checkpoint_dir=checkpoint_dir,

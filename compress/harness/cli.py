@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Accuracy (against the reference), latency, peak RSS and roofline of artifacts on every runtime."""
         from compress.config import load_config_file
+        from compress.outputs import write_text_output
         from compress.errors import ConfigError
 
         from . import BenchConfig, bench as do_bench, read_rows, write_report
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--depths: {depths!r} is not a comma-separated list of token counts") from None
         cfg = BenchConfig.from_dict({**cfg.to_dict(), **opts})
         if save_config:
-            save_config.write_text(cfg.to_yaml())
+            write_text_output(save_config, cfg.to_yaml(), inputs=[*artifacts, cfg.reference, cfg.data])
         run = do_bench(cfg, artifacts, out, force=force)
         rows = read_rows(run)
         _print_table("accuracy (same tokens through every runtime)", accuracy_table(rows))

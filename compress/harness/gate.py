@@ -74,10 +74,13 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
 
 def write_baseline(run_dir: str | Path, baseline_path: str | Path) -> Path:
     """Write the run's figures as the new baseline (``--update-baseline``)."""
+    from compress.outputs import write_text_output
+
     p = Path(baseline_path)
+    text = json.dumps(baseline_from_run(run_dir), indent=2) + "\n"
+    check_finite_rows(json.loads(text)["rows"], p)  # a NaN figure is never written as the standard
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(baseline_from_run(run_dir), indent=2) + "\n")
-    return p
+    return write_text_output(p, text, inputs=[run_dir], option="--baseline")
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
@@ -97,13 +100,18 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     rows = data.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "label" in r and "runtime" in r for r in rows):
         raise ConfigError(f"{p}: malformed baseline, 'rows' must be a list of objects with label and runtime")
-    for i, r in enumerate(rows):  # a NaN baseline figure makes every comparison with it pass
+    check_finite_rows(rows, p)
+    return data
+
+
+def check_finite_rows(rows: list[dict[str, Any]], p: Path) -> None:
+    """A NaN baseline figure makes every comparison with it pass."""
+    for i, r in enumerate(rows):
         for metric in _RULES:
             v = r.get(metric)
             if v is not None and not is_finite_number(v):
                 raise ConfigError(f"{p}: malformed baseline, rows[{i}] ({r['label']}, {r['runtime']}) {metric} is "
                                   f"{v!r}, not a finite number")
-    return data
 
 
 def check(run_dir: str | Path, baseline_path: str | Path, cfg: CheckConfig = CheckConfig()) -> CheckResult:

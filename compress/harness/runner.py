@@ -48,6 +48,7 @@ def bench(cfg: BenchConfig, artifacts: list[str | Path], out_dir: str | Path, *,
     if not targets:
         raise ConfigError("bench: give at least one artifact")
     reference = resolve_reference(targets, cfg.reference)
+    inputs.append(reference)  # the reference the manifests lead to is read too: the writer checks it
     if cfg.include_reference:
         ref_target = resolve_target(f"{_ref_label(reference)}={reference}" if Path(reference).exists() else reference,
                                     plain_folder=True)

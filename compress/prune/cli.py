@@ -92,7 +92,9 @@ def register(app: typer.Typer) -> None:
                                             eval_tokens=eval_tokens).items() if v is not None}
         cfg = PruneConfig.from_dict({**d, **overrides, **parse_target(d["method"], target)})
         if save_config:
-            save_config.write_text(cfg.to_yaml())
+            from ..outputs import write_text_output
+
+            write_text_output(save_config, cfg.to_yaml(), inputs=(model, cfg.calib))
         if out is None:
             raise ConfigError("prune: --out DIR is required")
         path = run_prune(model, cfg, out, force=force)

@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize a model to int8 / w8a8 / int4 (RTN, GPTQ, AWQ), with a report and an artifact."""
         from ..config import load_config_file
+        from ..outputs import write_text_output
         from ..errors import ConfigError
         from . import QuantConfig, run_quantize
         from ..manifest import read_manifest
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
             eval_tokens=eval_tokens).items() if v is not None}
         cfg = QuantConfig.from_dict({**cfg.to_dict(), **overrides})
         if save_config:
-            save_config.write_text(cfg.to_yaml())
+            write_text_output(save_config, cfg.to_yaml(), inputs=(model, cfg.calib))
         if out is None and not dry_run:
             raise ConfigError("quantize: --out DIR is required (or --dry-run)")
         result = run_quantize(model, cfg, out or Path("."), force=force, dry_run=dry_run)

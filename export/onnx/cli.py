@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.config import load_config_file
+from compress.outputs import write_text_output
 
 out = Console()
 # CLI option -> OnnxConfig field
@@ -43,7 +44,7 @@ def run(req) -> None:
         given[_FIELDS[k]] = v
     cfg = OnnxConfig.from_dict({**cfg.to_dict(), **given})
     if req.save_config:
-        req.save_config.write_text(cfg.to_yaml())
+        write_text_output(req.save_config, cfg.to_yaml(), inputs=[req.artifact])
     if req.dry_run:
         _dry_run(req, cfg)
         return

@@ -43,6 +43,8 @@ Cases:
 65. eval: a GGUF export folder evaluates its GGUF (said "no config.json")
 66. quantize: config.json with num_hidden_layers: 0 names the file and the field
 67. eval: a truncated tokenizer.json names the file
+68. quantize/eval --save-config and check --update-baseline pointing inside an input: refused (the
+    model's own config.json, the run's rows.jsonl were overwritten)
 """
 
 from __future__ import annotations
@@ -430,3 +432,16 @@ def test_67_truncated_tokenizer_json_names_the_file(model, run_cli):
     tj.write_bytes(tj.read_bytes()[:500])
     fails(run_cli("eval", model, "--tasks", "", "--max-tokens", "64", "--window", "32", "--stride", "32"),
           "tokenizer.json: ", "corrupt")
+
+
+# ---- small outputs (saved configs, baselines) never overwrite an input ---------------------------------------
+
+def test_68_save_config_over_an_input_file_refused(model, bench_run, tmp_path, run_cli):
+    before = snapshot(model, bench_run)
+    fails(run_cli("quantize", model, "--scheme", "int8", "--save-config", model / "config.json", "--dry-run"),
+          "config.json: the --save-config file lies inside the input", "choose another --save-config")
+    fails(run_cli("eval", model, "--tasks", "", "--save-config", model / "config.json"),
+          "the --save-config file lies inside the input")
+    fails(run_cli("check", bench_run, "--baseline", bench_run / "rows.jsonl", "--update-baseline"),
+          "rows.jsonl: the --baseline file lies inside the input", "choose another --baseline")
+    assert snapshot(model, bench_run) == before
