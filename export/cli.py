@@ -105,11 +105,13 @@ def register(app: typer.Typer) -> None:
         format: str = typer.Option(..., "--format", "-f", help=f"Output format: {', '.join(EXPORTERS)}."),
         out_dir: Path = typer.Option(..., "--out", "-o", help="Output artifact directory."),
         qtype: Optional[str] = typer.Option(None, help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K_M Q5_K_M Q6_K; "
-                                                      "ONNX precision: fp32 fp16 int8 int4."),
+                                                      "ONNX precision: auto fp32 fp16 int8 int4. Default auto: a "
+                                                      "quantized artifact's integers as they are."),
         embeddings: Optional[str] = typer.Option(None, help="GGUF type of token_embd/output (auto by default)."),
         check_tokens: Optional[int] = typer.Option(None, help="Token ids compared with PyTorch after writing."),
-        accuracy_level: Optional[int] = typer.Option(None, help="ONNX MatMulNBits: 0 float activations .. 4 int8 "
-                                                                "(fastest on CPU)."),
+        accuracy_level: Optional[str] = typer.Option(None, help="ONNX MatMulNBits: auto (default: 4, 0 where "
+                                                                "measured to need it), or 0 float activations "
+                                                                ".. 4 int8 (fastest on CPU) on every node."),
         block_size: Optional[int] = typer.Option(None, help="ONNX: weights per scale where the export quantizes."),
         lm_head: Optional[str] = typer.Option(None, help="ONNX lm_head: auto float int8 int4."),
         max_length: Optional[int] = typer.Option(None, help="ONNX: longest sequence the file runs (0 = model's)."),
@@ -120,13 +122,15 @@ def register(app: typer.Typer) -> None:
         save_config: Optional[Path] = typer.Option(None, help="Write the resulting config to this file."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and print the plan; write nothing."),
         force: bool = typer.Option(False, help="Replace a non-empty output directory."),
+        requantize: bool = typer.Option(False, "--requantize", help="Allow a --qtype that rounds the artifact's "
+                                                                    "calibrated integers again (refused otherwise)."),
     ) -> None:
         """Export an artifact (GGUF for llama.cpp, ONNX for onnxruntime), validated against PyTorch after writing."""
         if format not in EXPORTERS:
             raise ConfigError(f"--format: {format!r} is not an export format{suggest(format, EXPORTERS)}; "
                               f"choose one of: {', '.join(EXPORTERS)}")
         options = {"qtype": qtype, "embeddings": embeddings, "check_tokens": check_tokens,
-                   "imatrix_tokens": imatrix_tokens}
+                   "imatrix_tokens": imatrix_tokens, "requantize": requantize or None}
         onnx_only = {"accuracy_level": accuracy_level, "block_size": block_size, "lm_head": lm_head,
                      "max_length": max_length, "ort_format": ort_format or None}
         options.update({k: v for k, v in onnx_only.items() if v is not None})  # gguf never sees them unasked

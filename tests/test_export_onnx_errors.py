@@ -48,16 +48,22 @@ def test_head_dim_that_group_query_attention_cannot_run_is_refused(tiny_llama_di
     assert _nothing_left(out)
 
 
-def test_non_empty_output_directory_is_refused_unless_forced(tmp_path, run_cli):
+def test_non_empty_output_directory_is_refused_and_force_replaces_only_our_artifacts(tmp_path, run_cli):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--out", out)
     _one_line_error(rc, err, "not empty", "--force")
     assert (out / "keep.txt").read_text() == "mine"
-    rc, stdout, err = run_cli("export", peaked("llama"), "--format", "onnx", "--out", out, "--force")
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--out", out, "--force")
+    _one_line_error(rc, err, "not a compress artifact")  # --force never replaces what we did not write
+    assert (out / "keep.txt").read_text() == "mine"
+    other = tmp_path / "ours"
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--qtype", "fp16", "--out", other)
     assert rc == 0, err
-    assert not (out / "keep.txt").exists() and read_manifest(out).stage == "export-onnx"
+    rc, stdout, err = run_cli("export", peaked("llama"), "--format", "onnx", "--out", other, "--force")
+    assert rc == 0, err
+    assert read_manifest(other).report["precision"] == "fp32"
     assert "onnxruntime vs PyTorch" in stdout
 
 
@@ -97,14 +103,15 @@ def test_integers_of_the_wrong_dtype_are_named(tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     manifest["files"]["model.safetensors"] = f.stat().st_size  # a consistent but wrong artifact
     (art / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="up_proj.scales: float32 .* expected float16"):
+    with pytest.raises(ArtifactError, match="up_proj.scales: F32 .* expected F16"):
         export_onnx(art, OnnxConfig(precision="int4"), tmp_path / "out")
     assert _nothing_left(tmp_path / "out")
 
 
 def test_int8_precision_refuses_to_re_round_an_int4_artifact(tmp_path):
     art = rtn_artifact(peaked("llama"), tmp_path / "q4")
-    with pytest.raises(ConfigError, match="int4 integers .*--precision int4"):
+    with pytest.raises(ConfigError, match="int8 would round the artifact's calibrated integers again: 14 layers hold "
+                                          "int4 .*--qtype auto carries .*--requantize"):
         export_onnx(art, OnnxConfig(precision="int8"), tmp_path / "out")
     assert _nothing_left(tmp_path / "out")
 

@@ -4,7 +4,9 @@
     compress export smollm2-135m --format onnx --qtype fp32 --ort-format --out out/smollm2-onnx
     compress export smollm2-135m --format onnx --qtype int8 --dry-run
 
-``--qtype`` names the precision (fp32, fp16, int8, int4); the other options map one to one onto
+``--qtype`` names the precision (auto, the default: a quantized artifact as it is, a float one fp32;
+fp32, fp16, int8, int4); ``--requantize`` lets int4/int8 round an artifact's integers again; the
+other options map one to one onto
 :class:`export.onnx.OnnxConfig` fields, and a config file (``--config``) holds the same fields.
 """
 
@@ -23,7 +25,7 @@ out = Console()
 # CLI option -> OnnxConfig field
 _FIELDS = {"qtype": "precision", "embeddings": "embeddings", "check_tokens": "check_tokens",
            "accuracy_level": "accuracy_level", "block_size": "block_size", "lm_head": "lm_head",
-           "max_length": "max_length", "ort_format": "ort_format"}
+           "max_length": "max_length", "ort_format": "ort_format", "requantize": "requantize"}
 
 
 def run(req) -> None:
@@ -41,6 +43,8 @@ def run(req) -> None:
         if k not in _FIELDS:
             raise ConfigError(f"--{k.replace('_', '-')}: not an option of --format onnx{suggest(k, _FIELDS)}; "
                               f"ONNX options: {', '.join('--' + f.replace('_', '-') for f in _FIELDS)}")
+        if k == "accuracy_level" and isinstance(v, str) and v.strip().isdigit():
+            v = int(v)  # the CLI takes "auto" or a number
         given[_FIELDS[k]] = v
     cfg = OnnxConfig.from_dict({**cfg.to_dict(), **given})
     if req.save_config:

@@ -16,6 +16,7 @@ SimplifiedLayerNormalization -> Reshape before attention; its (1 + weight) is fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,9 +24,10 @@ import onnx
 
 from .arch import ArchSpec, ModelDims
 from .config import OnnxConfig
-from .graph import FLOAT, INT64, MS, Graph, nbits_tensors, value_info
+from .graph import FLOAT, INT64, MS, Graph, nbits_bits, nbits_tensors, value_info
+from .levels import initial_level
 from .plan import EMBED, HEAD, Plan
-from .weights import QWeight, WeightSource
+from .weights import QuantizedWeight, WeightSource
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -65,7 +67,7 @@ class _Builder:
             y = self.g.one("Add", [y, self.g.init(f"{node}.bias", bias)], name=f"{node}/bias")
         return y
 
-    def nbits(self, x: str, qw: QWeight, block: int, node: str, bias=None, shared: tuple | None = None) -> str:
+    def nbits(self, x: str, qw: QuantizedWeight, block: int, node: str, bias=None, shared: tuple | None = None) -> str:
         """MatMulNBits from ``qw``; ``shared`` = (B, scales, zero points) names already in the graph."""
         n, k = qw.shape
         if shared is None:
@@ -75,8 +77,8 @@ class _Builder:
         ins = [x, *shared]
         if bias is not None:
             ins += ["", self.g.init(f"{node}.bias", bias)]
-        return self.g.one("MatMulNBits", ins, domain=MS, name=node, K=k, N=n, bits=qw.bits, block_size=block,
-                          accuracy_level=self.cfg.accuracy_level)
+        return self.g.one("MatMulNBits", ins, domain=MS, name=node, K=k, N=n, bits=nbits_bits(qw.bits),
+                          block_size=block, accuracy_level=initial_level(self.cfg))
 
     # -- blocks --------------------------------------------------------------------------------
     def rms(self, x: str, weight: str, node: str) -> str:
@@ -147,7 +149,7 @@ class _Builder:
             ins = [table, ids, self.g.init(f"{EMBED}.scales", scales)]
             if zeros is not None:
                 ins.append(self.g.init(f"{EMBED}.zeros", zeros))
-            x = self.g.one("GatherBlockQuantized", ins, domain=MS, name="embed_tokens", bits=emb.qw.bits,
+            x = self.g.one("GatherBlockQuantized", ins, domain=MS, name="embed_tokens", bits=nbits_bits(emb.qw.bits),
                            block_size=emb.block, gather_axis=0, quantize_axis=1)
             self._shared_table = (table, ins[2], ins[3] if zeros is not None else None)
         else:
@@ -170,7 +172,7 @@ class _Builder:
             shared = None
             if self.plan.shared:  # the table GatherBlockQuantized reads, viewed as MatMulNBits' B
                 table, scales, zeros = self._shared_table
-                blob = head.block * head.qw.bits // 8
+                blob = head.block * nbits_bits(head.qw.bits) // 8
                 b = self.g.one("Reshape", [table, self.g.const([n, -1, blob])], name="lm_head/shared_qweight")
                 shared = (b, scales, zeros or "")
             return self.nbits(x, head.qw, head.block, "lm_head", shared=shared)
@@ -257,10 +259,12 @@ def _fusable(choices) -> bool:
                for c in choices)
 
 
-def _concat(qws: list[QWeight]) -> QWeight:
+def _concat(qws: list[QuantizedWeight]) -> QuantizedWeight:
+    """Matrices with the same grid stacked by output rows (each row is packed on its own)."""
     if len(qws) == 1:
         return qws[0]
     f = qws[0]
     zeros = None if f.zeros is None else np.concatenate([q.zeros for q in qws])
-    return QWeight("+".join(q.name for q in qws), f.bits, f.group_size, f.symmetric, np.concatenate([q.q for q in qws]),
-                   np.concatenate([q.scales for q in qws]), zeros, f.origin)
+    return dataclasses.replace(f, name="+".join(q.name for q in qws), shape=(sum(q.shape[0] for q in qws), f.shape[1]),
+                               qweight=np.concatenate([q.qweight for q in qws]),
+                               scales=np.concatenate([q.scales for q in qws]), zeros=zeros)

@@ -24,13 +24,15 @@ from compress.errors import ArtifactError, CompressError
 from compress.memory import release_memory
 from compress.manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
 from compress.progress import steps
+from compress.quantize.format import QUANT_JSON, read_quantization_json
 
 from .arch import model_dims, rope_tables, spec_for
 from .config import OnnxConfig
 from .decoder import build_decoder
-from .plan import make_plan
+from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
-from .validate import reference_logits, validate_onnx
+from .levels import LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels
+from .validate import check_ids, problems, reference_logits, score, validate_onnx
 from .weights import open_weights
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
     earlier = not force and is_complete(out_dir)
     if not earlier:
         check_writable_target(out_dir, force=force, inputs=[artifact])  # before minutes of loading
+    _check_carry_early(artifact, cfg)
     cheap_id = _input_id(artifact)
     if earlier and cheap_id and is_complete(out_dir, content_id(STAGE, cfg, cheap_id)):
         log.info("%s already holds this export; reusing it", out_dir)
@@ -87,8 +90,8 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             target = art.path / MODEL_FILE
             if plan.post == "ort-nbits":
                 nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "ort-nbits"})
-                model = rtn_nbits(model, nodes, bits=4 if cfg.precision == "int4" else 8, block_size=cfg.block_size,
-                                  accuracy_level=cfg.accuracy_level)
+                model = rtn_nbits(model, nodes, bits=4 if plan.precision == "int4" else 8, block_size=cfg.block_size,
+                                  accuracy_level=initial_level(cfg))
             if plan.post == "dynamic":
                 nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "dynamic"})
                 staged = art.path / "float.onnx"
@@ -105,17 +108,20 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             if generation_config is not None:
                 generation_config.to_json_file(str(art.path / "generation_config.json"))
             step("checking against PyTorch")
-            tol = cfg.tolerance(plan.integers)
             import onnxruntime
 
+            ids = check_ids(lm.tokenizer, cfg.check_tokens)
+            levels = _choose_levels(target, cfg, plan, ids, reference, length)
+            tol = cfg.tolerance(plan.integers, int8_activations=levels.int8_activations)
             decoder = OnnxDecoder(make_session(target, threads=2), length)
             figures = validate_onnx(decoder, None, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
                                     where=f"{out_dir.name}/{MODEL_FILE}", reference=reference)
             del decoder
             report: dict[str, Any] = {
-                "model_file": MODEL_FILE, "architecture": spec.name, "precision": cfg.precision,
+                "model_file": MODEL_FILE, "architecture": spec.name, "precision": plan.precision,
                 "layers": len(dims.layers), "hidden": dims.hidden, "vocab": dims.vocab, "max_length": length,
-                "plan": plan.summary(), "ops": _op_counts(target), "export_s": round(export_s, 2),
+                "plan": plan.summary(), "carried": plan.carried(), "accuracy_levels": levels.report(),
+                "ops": _op_counts(target), "export_s": round(export_s, 2),
                 "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
                 **_input_fields(artifact)}
             if cfg.ort_format:
@@ -128,6 +134,44 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                     check_tokens=cfg.check_tokens, where=f"{out_dir.name}/{ort_path.name}", reference=reference)
             art.report.update(report)
     return out_dir / MODEL_FILE
+
+
+def _check_carry_early(artifact: str | Path, cfg: OnnxConfig) -> None:
+    """The refusal of a precision that would re-round the artifact's integers, from quantization.json
+    alone: before minutes of loading (make_plan checks again on what was loaded)."""
+    p = Path(str(artifact)).expanduser()
+    if not (p / QUANT_JSON).is_file():
+        return
+    try:
+        info = read_quantization_json(p)
+    except CompressError:
+        return  # the loader names what is wrong with it
+    check_carry({n: int(m["bits"]) for n, m in info["layers"].items()}, cfg)
+
+
+def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], reference, length: int) -> LevelChoice:
+    """Every MatMulNBits node's accuracy_level: the fixed one, or (``auto``) measured against PyTorch at
+    the tolerance of a file that computes with int8 activations, and written into ``target``."""
+    from runtimes.onnx_runtime import OnnxDecoder, make_session
+
+    model = onnx.load(str(target), load_external_data=False)
+    nodes = nbits_nodes(model)
+    if cfg.fixed_level is not None or not nodes:
+        return fixed_levels(nodes, initial_level(cfg))
+    tol = cfg.tolerance(plan.integers, int8_activations=True)
+
+    def measure(levels: dict[str, int], full: bool) -> Measure:
+        set_levels(model, levels)
+        _save(model, target)
+        decoder = OnnxDecoder(make_session(target, threads=2), length)
+        figures = score(decoder, ids, reference, full=full)
+        return Measure(all(not problems(r, tol) for r in figures.values()),
+                       min(r["top1_agreement"] for r in figures.values()), max(r["kl"] for r in figures.values()))
+
+    choice = choose_levels(nodes, measure)
+    set_levels(model, choice.levels)
+    _save(model, target)
+    return choice
 
 
 def _load(artifact: str | Path):

@@ -9,6 +9,7 @@ MatMulNBits (com.microsoft): ``B`` uint8 [N, k_blocks, blob] packed along K, low
 [N, k_blocks] in the activation type; zero points optional (default 2^(bits-1): 8 for int4, 128 for
 int8), packed like B. ``block_size`` must be a power of two >= 16, so a quantized artifact's group of
 another width (per-channel: the whole row) is cut into power-of-two blocks that repeat its scale.
+``bits`` is 4 or 8: 5-bit integers go into 8-bit blocks with their zero points (exact, 8 bits a weight).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .weights import QWeight
+from compress.quantize.format import QuantizedWeight
 
 log = logging.getLogger(__name__)
 
@@ -80,35 +81,56 @@ class Graph:
         return m
 
 
-def nbits_block(group_size: int, width: int) -> int | None:
+def nbits_block(group_size: int, width: int | None = None) -> int | None:
     """The MatMulNBits block for a group of ``group_size`` columns: the group itself when it is a power
-    of two in [16, 256], else the largest power of two in [16, 128] dividing it (its scale repeats);
-    None when there is none."""
+    of two in [16, 256], else the largest power of two in [16, 128] dividing it, whose blocks repeat the
+    group's scale (a per-channel group of 576 -> 64, nine times); None when there is none (a group of
+    24, say: such a layer can only go in as float).
+
+    >>> nbits_block(128), nbits_block(576), nbits_block(24)
+    (128, 64, None)
+    """
     if group_size >= 16 and group_size & (group_size - 1) == 0 and group_size <= 256:
         return group_size
     for b in (128, 64, 32, 16):
-        if group_size % b == 0 and width % b == 0:
+        if group_size % b == 0:
             return b
     return None
 
 
-def nbits_tensors(qw: QWeight, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def nbits_bits(bits: int) -> int:
+    """The MatMulNBits ``bits`` that holds an artifact's integers of ``bits``: 4 as 4; 5 and 8 as 8 (the
+    kernel has no 5-bit form; 5-bit values with their zero points are exact in 8 bits)."""
+    return 4 if bits == 4 else 8
+
+
+def nbits_tensors(qw: QuantizedWeight, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(B, scales, zero_points) for MatMulNBits from the integers, unchanged: B [N, k_blocks, blob]
-    uint8, scales float32 [N, k_blocks] (fp16 values, exactly), zero points packed or None."""
+    uint8, scales float32 [N, k_blocks] (fp16 values, exactly), zero points packed, or None where they
+    are MatMulNBits' default (2^(bits-1): symmetric int4 and int8). A group of several blocks repeats
+    its scale and zero point in each."""
     n, k = qw.shape
+    bits = nbits_bits(qw.bits)
     rep = qw.group_size // block
+    # MatMulNBits reads unsigned bytes: signed symmetric int8 (zero 0) moves up by 128, zero and all
+    q = qw.integers()
+    shift = 128 if q.dtype == np.int8 else 0
+    q = q.astype(np.int16) + shift
+    zp = np.repeat(qw.zero_points() + shift, rep, axis=1)
+    top = (1 << bits) - 1
+    if q.min() < 0 or q.max() > top or zp.min() < 0 or zp.max() > top:
+        raise ValueError(f"{qw.name}: integers outside 0..{top} for {bits}-bit MatMulNBits")
     scales = np.repeat(qw.scales.astype(np.float32), rep, axis=1)
-    zeros = None if qw.zeros is None else np.repeat(qw.zeros, rep, axis=1)
     nb = k // block
-    if qw.bits == 4:
-        q = qw.q.astype(np.uint8)
+    q = q.astype(np.uint8)
+    zp = zp.astype(np.uint8)
+    default = qw.symmetric and bool((zp == 1 << (bits - 1)).all())
+    if bits == 4:
         data = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(n, nb, block // 2)
-        if zeros is not None:
-            zeros = _pack_nibbles(zeros)
+        zeros = None if default else _pack_nibbles(zp)
     else:
-        # int8 symmetric is signed with zero 0; MatMulNBits' default zero point for 8 bits is 128
-        data = (qw.q.astype(np.int16) + 128).astype(np.uint8) if qw.zeros is None else qw.q.astype(np.uint8)
-        data = data.reshape(n, nb, block)
+        data = q.reshape(n, nb, block)
+        zeros = None if default else zp
     return np.ascontiguousarray(data), scales, zeros
 
 

@@ -80,19 +80,34 @@ def validate_onnx(decoder, model, tokenizer, tol: Tolerance, *, check_tokens: in
     return figures
 
 
-def _judge(r: dict[str, Any], output: str, tol: Tolerance, ids: list[int], where: str) -> None:
-    problems = []
+def score(decoder, ids: list[int], ref: np.ndarray, *, full: bool) -> dict[str, dict[str, Any]]:
+    """:func:`compare` of the prefill logits (and, ``full``, of the KV-cache path) with ``ref``."""
+    out = {"prefill": compare(ref, decoder.logits(ids))}
+    if full:
+        split = len(ids) // 2
+        out["kv_cache"] = compare(ref[split - 1:], decoder.cached_logits(ids, split))
+    return out
+
+
+def problems(r: dict[str, Any], tol: Tolerance) -> list[str]:
+    """What in the figures ``r`` (one output of :func:`compare`) is beyond ``tol``; empty when it passes."""
+    found = []
     if r["top1_agreement"] < tol.min_top1:
-        problems.append(f"top-1 agreement {r['top1_agreement']:.2%} < {tol.min_top1:.2%} (first disagreement at "
-                        f"position {r['first_disagreement']})")
+        found.append(f"top-1 agreement {r['top1_agreement']:.2%} < {tol.min_top1:.2%} (first disagreement at "
+                     f"position {r['first_disagreement']})")
     if r["kl"] > tol.max_kl:
-        problems.append(f"KL {r['kl']:.3g} > {tol.max_kl:.3g}")
+        found.append(f"KL {r['kl']:.3g} > {tol.max_kl:.3g}")
     if tol.max_abs is not None and r["max_abs"] > tol.max_abs:
-        problems.append(f"max |logit diff| {r['max_abs']:.3g} > {tol.max_abs:.3g}")
-    if problems:
+        found.append(f"max |logit diff| {r['max_abs']:.3g} > {tol.max_abs:.3g}")
+    return found
+
+
+def _judge(r: dict[str, Any], output: str, tol: Tolerance, ids: list[int], where: str) -> None:
+    found = problems(r, tol)
+    if found:
         pos = r["worst_position"]
         raise ExportMismatchError(
-            f"{where}: output 'logits' ({output}) disagrees with PyTorch: {'; '.join(problems)}; worst position "
+            f"{where}: output 'logits' ({output}) disagrees with PyTorch: {'; '.join(found)}; worst position "
             f"{pos} (token id {ids[pos]}, max |diff| {r['max_abs']:.3g})")
 
 
