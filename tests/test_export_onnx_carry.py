@@ -301,3 +301,13 @@ def test_grid_fixture_matches_the_formats_reader():
         np.testing.assert_array_equal(qw.dequantize(), mine.reshape(8, 64))
         step = np.repeat(np.abs(p["scales"].astype(np.float32)), 32, 1)
         assert (np.abs(qw.dequantize() - w) <= step * 0.5 + 1e-6).all()
+
+
+def test_8_bit_nodes_left_at_float_compute_are_named_as_onnxruntimes_slow_path(tmp_path):
+    art = grid_artifact(peaked("llama"), tmp_path / "q", {r"mlp": (8, 32, True), r"attn": (4, 32, True)})
+    path = export_onnx(art, OnnxConfig(accuracy_level=0), tmp_path / "out")
+    r = read_manifest(path.parent).report
+    levels = r["accuracy_levels"]
+    assert levels["mode"] == "fixed" and set(levels["nodes"].values()) == {0}
+    assert levels["slow_8bit_float_nodes"] == [f"layers.{i}.mlp.{k}" for i in range(2) for k in ("down_proj", "gate_up_proj")]
+    assert r["validation"]["tolerance"]["min_top1"] == 0.98  # float compute: the exact tolerance

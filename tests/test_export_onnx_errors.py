@@ -211,6 +211,7 @@ def test_dry_run_prints_the_plan_writes_nothing_and_saves_the_config(tmp_path, r
                               "--accuracy-level", "0", "--out", out, "--dry-run", "--save-config", saved)
     assert rc == 0, err
     assert '"nbits-int4": 14' in stdout and "llama, 2 layers" in stdout
+    assert "14 x int4 g32 -> MatMulNBits bits 4 block 32" in stdout  # how each layer would be carried
     assert _nothing_left(out)
     cfg = OnnxConfig.from_dict(yaml.safe_load(saved.read_text()))
     assert cfg == OnnxConfig(precision="int4", lm_head="float", accuracy_level=0)

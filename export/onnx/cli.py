@@ -70,8 +70,13 @@ def _dry_run(req, cfg) -> None:
     dims = model_dims(lm.model, spec)
     plan = make_plan(open_weights(lm), dims, cfg)
     out.print(f"plan: {spec.name}, {len(dims.layers)} layers, hidden {dims.hidden}, vocab {dims.vocab}, "
-              f"precision {cfg.precision}")
+              f"precision {plan.precision}, accuracy_level {cfg.accuracy_level}")
     out.print(json.dumps(plan.summary()))
+    ways: dict[str, list[str]] = {}
+    for name, how in plan.carried().items():
+        ways.setdefault(how, []).append(name)
+    for how, names in ways.items():  # one line per way of carrying, not per layer
+        out.print(f"  {len(names):4d} x {how}: {names[0]}{', ...' if len(names) > 1 else ''}")
 
 
 def _print(path: Path) -> None:

@@ -31,7 +31,8 @@ from .config import OnnxConfig
 from .decoder import build_decoder
 from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
-from .levels import LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels
+from .levels import (LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels,
+                     slow_float_nodes)
 from .validate import check_ids, problems, reference_logits, score, validate_onnx
 from .weights import open_weights
 
@@ -157,7 +158,7 @@ def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], referenc
     model = onnx.load(str(target), load_external_data=False)
     nodes = nbits_nodes(model)
     if cfg.fixed_level is not None or not nodes:
-        return fixed_levels(nodes, initial_level(cfg))
+        return _warn_slow(model, fixed_levels(nodes, initial_level(cfg)))
     tol = cfg.tolerance(plan.integers, int8_activations=True)
 
     def measure(levels: dict[str, int], full: bool) -> Measure:
@@ -171,6 +172,14 @@ def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], referenc
     choice = choose_levels(nodes, measure)
     set_levels(model, choice.levels)
     _save(model, target)
+    return _warn_slow(model, choice)
+
+
+def _warn_slow(model: onnx.ModelProto, choice: LevelChoice) -> LevelChoice:
+    choice.slow = slow_float_nodes(model, choice.levels)
+    if choice.slow:
+        log.warning("export-onnx: %d 8-bit MatMulNBits node(s) compute with float activations (%s): onnxruntime's "
+                    "slow CPU path, tens of times slower than level 4", len(choice.slow), ", ".join(choice.slow[:3]))
     return choice
 
 

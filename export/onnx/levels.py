@@ -57,6 +57,13 @@ def set_levels(model: onnx.ModelProto, levels: dict[str, int]) -> None:
                 n.attribute.append(onnx.helper.make_attribute("accuracy_level", int(levels[n.name])))
 
 
+def slow_float_nodes(model: onnx.ModelProto, levels: dict[str, int]) -> list[str]:
+    """8-bit MatMulNBits nodes at level 0: onnxruntime's CPU fallback dequantizes the whole matrix per call
+    (262k x 640: ~1 s, against ~8 ms at level 4 and ~20 ms as a float32 MatMul)."""
+    return sorted(n.name for n in model.graph.node if n.op_type == "MatMulNBits" and levels.get(n.name) == 0
+                  and next((a.i for a in n.attribute if a.name == "bits"), 4) == 8)
+
+
 def _level(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)
 
@@ -81,6 +88,7 @@ class LevelChoice:
     probes: dict[str, Measure] = dataclasses.field(default_factory=dict)  # kind at 0, the rest at 4
     float_kinds: list[str] = dataclasses.field(default_factory=list)  # given level 0, in that order
     final: Measure | None = None
+    slow: list[str] = dataclasses.field(default_factory=list)  # see slow_float_nodes
 
     @property
     def int8_activations(self) -> bool:
@@ -98,6 +106,8 @@ class LevelChoice:
             out["probes_kind_at_level_0"] = {k: m.figures() for k, m in self.probes.items()}
             out["float_kinds"] = list(self.float_kinds)
             out["final"] = self.final.figures() if self.final else None
+        if self.slow:
+            out["slow_8bit_float_nodes"] = list(self.slow)
         return out
 
 
