@@ -51,20 +51,37 @@ def _gguf(req: ExportRequest) -> None:
 
 def _gguf_dry_run(req: ExportRequest, cfg) -> None:
     """Everything that can be checked without reading weights: artifact, architecture, shapes, types,
-    tokenizer, output directory."""
+    tokenizer, output directory; and per tensor its GGUF type and how it is carried."""
     from compress.manifest import check_writable_target
-    from export.gguf.export import prepare
-    from export.gguf.plan import summarize
+    from export.gguf.config import is_kquant
+    from export.gguf.export import file_type, gguf_filename, prepare
+    from export.gguf.plan import resolved_qtype, summarize
     from export.gguf.source import open_source
 
     src = open_source(req.artifact)
     check_writable_target(Path(req.out).absolute(), force=req.force, inputs=[req.artifact])
-    spec, dims, plan, _md, tok = prepare(src, cfg)
+    spec, dims, plan, _md, tok = prepare(src, cfg)  # refuses a re-rounding without --requantize
+    qtype = resolved_qtype(src, cfg)
     s = summarize(plan)
-    kq = " (F32, then llama.cpp quantizes to " + cfg.qtype + ")" if cfg.qtype.endswith(("_K", "_K_M")) else ""
-    out.print(f"plan: {spec.gguf_arch}, {dims.n_layer} layers, {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB{kq}")
+    kq = f" (F32, then llama.cpp quantizes to {qtype})" if is_kquant(qtype) else ""
+    out.print(f"plan: {spec.gguf_arch}, {dims.n_layer} layers, {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB{kq}"
+              f" -> {gguf_filename(file_type(plan, qtype))}")
     out.print(f"types {json.dumps(s['types'])}; decisions {json.dumps(s['decisions'])}; "
               f"tokenizer {tok['tokenizer_source']}")
+    t = Table(show_header=True, box=None, pad_edge=False)
+    for col in ("GGUF tensor", "type", "how", "from"):
+        t.add_column(col)
+    vectors = [p for p in plan if len(p.shape) != 2]
+    for p in plan:
+        if len(p.shape) == 2:
+            t.add_row(p.gguf_name, p.qtype.name, p.how, p.source)
+    out.print(t)
+    if vectors:
+        kinds = sorted({p.qtype.name for p in vectors})
+        out.print(f"and {len(vectors)} vectors (norms, biases) in {', '.join(kinds)}")
+    if s["decisions"].get("requantized"):
+        out.print(f"REQUANTIZED (--requantize): {s['decisions']['requantized']} layers' calibrated integers would be "
+                  f"rounded again")
 
 
 def _print_gguf(path: Path) -> None:
@@ -75,14 +92,21 @@ def _print_gguf(path: Path) -> None:
     t = Table(title=str(path), show_header=False)
     t.add_row("size", f"{r['gguf_bytes'] / 1e6:.1f} MB ({r['input_weight_bytes'] / 1e6:.1f} MB in)")
     t.add_row("tensors", json.dumps(r["readback"]["types"]) + "  " + json.dumps(r["plan"]["decisions"]))
+    ex = r.get("exactness")
+    if ex and ex["checked"]:
+        t.add_row("carried integers", f"{ex['checked']} tensors read back by gguf-py equal the artifact's weights "
+                  f"({ex['bit_exact']} bit for bit; largest difference {ex['max_abs_err']:.3g}, "
+                  f"{ex['max_err_over_bound']:.1%} of what float16 offsets allow)")
     t.add_row("llama.cpp vs PyTorch", f"top-1 {v['top1_agreement']:.2%} (min {v['min_top1']:.1%}), mean KL "
               f"{v['kl_mean']:.2e} (max {v['max_kl']:.1e}), max |dlogit| {v['max_abs_logit_diff']:.3g} "
               f"on {v['check_tokens']} tokens")
+    if v.get("tolerance_basis"):
+        t.add_row("tolerance", v["tolerance_basis"])
     t.add_row("perplexity", f"{v['llamacpp_perplexity']:.3f} llama.cpp vs {v['torch_perplexity']:.3f} PyTorch")
     t.add_row("tokenizer", f"{r['tokenizer']['tokenizer_source']}; chat template: "
               f"{'yes' if r['tokenizer']['chat_template'] else 'no'}")
     for note in r["notes"]:
-        t.add_row("note", note)
+        t.add_row("NOTE" if note.startswith("REQUANTIZED") else "note", note)
     out.print(t)
 
 
@@ -104,10 +128,13 @@ def register(app: typer.Typer) -> None:
         artifact: str = typer.Argument(..., help="Artifact folder, model folder or bundled model name."),
         format: str = typer.Option(..., "--format", "-f", help=f"Output format: {', '.join(EXPORTERS)}."),
         out_dir: Path = typer.Option(..., "--out", "-o", help="Output artifact directory."),
-        qtype: Optional[str] = typer.Option(None, help="GGUF type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K_M Q5_K_M Q6_K; "
+        qtype: Optional[str] = typer.Option(None, help="GGUF type: auto F32 F16 BF16 Q8_0 Q5_1 Q5_0 Q4_1 "
+                                                      "Q4_0 Q4_K_M Q5_K_M Q6_K; "
                                                       "ONNX precision: auto fp32 fp16 int8 int4. Default auto: a "
                                                       "quantized artifact's integers as they are."),
         embeddings: Optional[str] = typer.Option(None, help="GGUF type of token_embd/output (auto by default)."),
+        float_type: Optional[str] = typer.Option(None, help="GGUF, qtype auto: type of the matrices the artifact "
+                                                            "kept in float (F16 by default, F32, BF16)."),
         check_tokens: Optional[int] = typer.Option(None, help="Token ids compared with PyTorch after writing."),
         accuracy_level: Optional[str] = typer.Option(None, help="ONNX MatMulNBits: auto (default: 4, 0 where "
                                                                 "measured to need it), or 0 float activations "
@@ -134,4 +161,6 @@ def register(app: typer.Typer) -> None:
         onnx_only = {"accuracy_level": accuracy_level, "block_size": block_size, "lm_head": lm_head,
                      "max_length": max_length, "ort_format": ort_format or None}
         options.update({k: v for k, v in onnx_only.items() if v is not None})  # gguf never sees them unasked
+        if float_type is not None:  # GGUF only: onnx never sees it unasked
+            options["float_type"] = float_type
         EXPORTERS[format](ExportRequest(artifact, out_dir, force, dry_run, config, save_config, options))

@@ -32,7 +32,7 @@ def test_f32_gguf_matches_pytorch_on_random_tiny_models(arch, tiny_llama_dir, ti
     assert v["tokenizer_agreement"] is True
 
 
-@pytest.mark.parametrize("qtype", ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_0", "Q4_1"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_every_gguf_type_validates_in_llama_cpp(arch, qtype, tmp_path):
     path = export_gguf(memorized_tiny(arch), GGUFConfig(qtype=qtype), tmp_path / "out")
@@ -40,8 +40,8 @@ def test_every_gguf_type_validates_in_llama_cpp(arch, qtype, tmp_path):
     tensors = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
     assert tensors["blk.0.ffn_down.weight"] == qtype
     assert tensors["blk.0.attn_norm.weight"] == "F32"
-    # 4-bit files keep the embedding (the tied output matrix) at 8 bits
-    assert tensors["token_embd.weight"] == ("Q8_0" if qtype in ("Q4_0", "Q4_1") else qtype)
+    # 4/5-bit files keep the embedding (the tied output matrix) at 8 bits
+    assert tensors["token_embd.weight"] == ("Q8_0" if qtype[:2] in ("Q4", "Q5") else qtype)
     v = r["validation"]
     assert v["top1_agreement"] >= v["min_top1"] and v["kl_mean"] <= v["max_kl"]
     assert r["plan"]["decisions"].get("fallback") is None
@@ -157,12 +157,25 @@ def test_config_round_trips_and_lists_types():
 
     cfg = GGUFConfig(qtype="Q4_K_M", embeddings="Q8_0", min_top1=0.5)
     assert config_from_dict(cfg.to_dict()) == cfg
-    assert cfg.to_dict()["type"] == "export-gguf" and cfg.version == 1
+    assert cfg.to_dict()["type"] == "export-gguf" and cfg.version == 2
+    assert GGUFConfig().qtype == "auto" and GGUFConfig().embedding_type() is None
     assert GGUFConfig(qtype="Q4_0").embedding_type() == "Q8_0"
     assert GGUFConfig(qtype="F16").tolerance().min_top1 == 0.98
     assert GGUFConfig(qtype="Q4_K_M").imatrix() == 4096 and GGUFConfig(qtype="Q8_0").imatrix() == 0
     with pytest.raises(ConfigError, match="only steers llama.cpp's k-quants"):
         GGUFConfig(qtype="Q4_0", imatrix_tokens=1024)
+
+
+def test_version_1_configs_load_with_their_old_meaning():
+    """v1 wrote F16 when no qtype was given and re-rounded every layer with reuse_integers: false."""
+    old = {"type": "export-gguf", "version": 1, "embeddings": "auto", "reuse_integers": True, "check_tokens": 64,
+           "min_top1": None, "max_kl": None, "imatrix_tokens": None, "threads": 2}
+    cfg = GGUFConfig.from_dict(old)
+    assert (cfg.qtype, cfg.requantize, cfg.version, cfg.check_tokens) == ("F16", False, 2, 64)
+    cfg = GGUFConfig.from_dict({**old, "qtype": "Q4_0", "reuse_integers": False})
+    assert (cfg.qtype, cfg.requantize) == ("Q4_0", True)
+    with pytest.raises(ConfigError, match="float_type"):
+        GGUFConfig(float_type="Q4_0")
 
 
 def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):

@@ -68,10 +68,17 @@ def test_non_empty_output_directory_is_refused_unless_forced(run_cli, tiny_llama
     assert rc == 2
     assert "not empty" in _one_error_line(err) and "--force" in err
     assert (out_dir / "notes.txt").read_text() == "mine"
+    # --force only replaces what compress wrote (issue 17): a folder of the user's stays as it is
     rc, out, err = run_cli("export", tiny_llama_dir, "--format", "gguf", "--out", out_dir, "--force",
                            "--check-tokens", "32")
-    assert rc == 0, err
-    assert not (out_dir / "notes.txt").exists() and (out_dir / "model.F16.gguf").is_file()
+    assert rc == 2 and "not a compress artifact" in _one_error_line(err)
+    assert (out_dir / "notes.txt").read_text() == "mine"
+    ours = tmp_path / "ours"
+    for qtype in ("F32", "F16"):
+        rc, out, err = run_cli("export", tiny_llama_dir, "--format", "gguf", "--qtype", qtype, "--out", ours,
+                               "--force", "--check-tokens", "32")
+        assert rc == 0, err
+    assert not (ours / "model.F32.gguf").exists() and (ours / "model.F16.gguf").is_file()
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])

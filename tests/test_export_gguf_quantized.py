@@ -1,5 +1,6 @@
-"""Quantized artifacts to GGUF: our int4/int8 group-32 integers land in Q4_0/Q8_0 blocks unchanged;
-other groupings are quantized again, and the report says so."""
+"""Quantized artifacts to GGUF: our int4/int8 group-32 integers land in Q4_0/Q8_0 blocks unchanged; a
+re-rounding (groups of 16, k-quants) happens only when asked with requantize, and the report says so loudly.
+Every other grid: test_export_gguf_exact.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 from test_export_gguf_helpers import dequantize, memorized_tiny, rtn_artifact
 
-from compress.errors import ArtifactError
+from compress.errors import ArtifactError, IncompatibleLayerError
 from compress.manifest import read_manifest
 from export.gguf import GGUFConfig, export_gguf
 from export.gguf.arch import rope_rows
@@ -61,7 +62,7 @@ def test_int4_group32_integers_land_in_q4_0_blocks_unchanged(arch, tmp_path):
         checked += 1
     assert checked == 2 * 7 + 1
     r = read_manifest(path.parent).report
-    assert r["plan"]["decisions"]["direct"] == checked and "requantized" not in r["plan"]
+    assert r["plan"]["decisions"]["exact"] == checked and "requantized" not in r["plan"]
     assert r["quantized_input_layers"] == checked
     v = r["validation"]  # against the artifact's own dequantized PyTorch model
     assert v["min_top1"] == 0.90 and v["top1_agreement"] >= 0.90 and v["kl_mean"] <= v["max_kl"]
@@ -109,25 +110,28 @@ def test_mixed_int4_int8_artifact_keeps_each_layers_own_block_type(tmp_path):
     path = export_gguf(tmp_path / "mixed", GGUFConfig(qtype="Q4_0"), tmp_path / "gguf")
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
     assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "Q4_0"
-    assert read_manifest(path.parent).report["plan"]["decisions"]["direct"] == 14
+    assert read_manifest(path.parent).report["plan"]["decisions"]["exact"] == 14
 
 
-def test_other_group_sizes_are_requantized_and_the_report_says_so(tmp_path):
+def test_other_group_sizes_are_requantized_only_when_asked_and_the_report_says_so(tmp_path):
     art = rtn_artifact(memorized_tiny("llama"), tmp_path / "g16", bits=4, group=16, symmetric=True)
-    path = export_gguf(art, GGUFConfig(qtype="Q4_0"), tmp_path / "gguf")
+    with pytest.raises(IncompatibleLayerError, match="groups of 16 are not whole 32-wide blocks"):
+        export_gguf(art, GGUFConfig(qtype="Q4_0"), tmp_path / "refused")
+    path = export_gguf(art, GGUFConfig(qtype="Q4_0", requantize=True), tmp_path / "gguf")
     r = read_manifest(path.parent).report
     assert r["plan"]["decisions"]["requantized"] == len(r["plan"]["requantized"]) == 14
-    assert "direct" not in r["plan"]["decisions"]
-    assert any("dequantized and quantized again to Q4_0" in n for n in r["notes"])
+    assert "exact" not in r["plan"]["decisions"] and r["requantized"] is True
+    assert r["notes"][0].startswith("REQUANTIZED") and "rounded again to Q4_0" in r["notes"][0]
+    assert r["validation"]["min_top1"] == 0.50  # Q4_0's own tolerance: what the file did, declared
 
 
-def test_asymmetric_int4_is_requantized(tmp_path):
+def test_asymmetric_int4_is_carried_exactly_in_q4_1(tmp_path):
     art = rtn_artifact(memorized_tiny("llama"), tmp_path / "asym", bits=4, group=32, symmetric=False)
     path = export_gguf(art, GGUFConfig(qtype="Q4_1"), tmp_path / "gguf")
     r = read_manifest(path.parent).report
-    assert r["plan"]["decisions"]["requantized"] == 14
+    assert r["plan"]["decisions"]["exact"] == 14 and r["exactness"]["checked"] == 14
     v = r["validation"]
-    assert v["top1_agreement"] >= v["min_top1"]
+    assert v["min_top1"] == 0.90 and v["top1_agreement"] >= v["min_top1"]
 
 
 def test_quantized_artifact_to_f32_is_its_exact_dequantization(tmp_path):
@@ -140,13 +144,16 @@ def test_quantized_artifact_to_f32_is_its_exact_dequantization(tmp_path):
     assert v["top1_agreement"] >= 0.995 and v["kl_mean"] <= 1e-4
 
 
-def test_kquant_of_a_quantized_artifact_says_integers_were_not_kept(tmp_path):
+def test_kquant_of_a_quantized_artifact_needs_requantize_and_says_integers_were_not_kept(tmp_path):
     src = memorized_tiny("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
                          num_key_value_heads=2)
     art = rtn_artifact(src, tmp_path / "int4", bits=4, group=32)
-    path = export_gguf(art, GGUFConfig(qtype="Q4_K_M"), tmp_path / "gguf")
-    notes = read_manifest(path.parent).report["notes"]
-    assert any("requantized by llama.cpp" in n for n in notes)
+    with pytest.raises(IncompatibleLayerError, match="Q4_K_M is re-fitted by llama.cpp's quantizer"):
+        export_gguf(art, GGUFConfig(qtype="Q4_K_M"), tmp_path / "refused")
+    path = export_gguf(art, GGUFConfig(qtype="Q4_K_M", requantize=True), tmp_path / "gguf")
+    r = read_manifest(path.parent).report
+    assert r["notes"][0].startswith("REQUANTIZED") and "Q4_K_M" in r["notes"][0]
+    assert "re-rounded the calibrated integers" in r["validation"]["tolerance_basis"]
 
 
 def test_corrupt_quantized_tensor_is_refused_naming_it(tmp_path):

@@ -13,37 +13,53 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from gguf import GGUFReader, GGUFValueType, LlamaFileType
 
 from compress.errors import ArtifactError
-from compress.manifest import ArtifactWriter, check_writable_target, content_id, is_complete
+from compress.manifest import ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
 from compress.progress import steps
 
 from .arch import ArchSpec, Dims, spec_for
-from .config import FLOAT_TYPES, TOLERANCES, GGUFConfig, Tolerance, is_kquant
+from .config import FLOAT_TYPES, GGUFConfig, is_kquant
 from .hparams import arch_metadata, model_dims
 from .imatrix import importance_matrix
 from .kquant import quantize_with_llama_cpp
 from .metadata import Metadata
-from .plan import TensorPlan, build_plan, summarize
+from .plan import TensorPlan, build_plan, resolved_qtype, summarize
 from .source import ExportSource, open_source
 from .tokenizer import tokenizer_metadata
-from .validate import validate_gguf
+from .validate import carried_tolerance, check_exact, validate_gguf
 from .writer import write_gguf
 
 log = logging.getLogger(__name__)
 
 STAGE = "export-gguf"
 _FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
-               "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_0": LlamaFileType.MOSTLY_Q4_0,
-               "Q4_1": LlamaFileType.MOSTLY_Q4_1}
+               "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q5_1": LlamaFileType.MOSTLY_Q5_1,
+               "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1, "Q4_0": LlamaFileType.MOSTLY_Q4_0}
 
 
-def gguf_filename(cfg: GGUFConfig) -> str:
-    return f"model.{cfg.qtype}.gguf"
+def gguf_filename(qtype: str) -> str:
+    """``model.Q4_0.gguf``: the file's type (with qtype auto, its dominant one: :func:`file_type`)."""
+    return f"model.{qtype}.gguf"
+
+
+def file_type(plan: list[TensorPlan], qtype: str) -> str:
+    """The type that names the file: the one asked, or with ``auto`` the type of most matrices (ties: most
+    bytes), as llama.cpp names a file by its dominant type when general.file_type is absent."""
+    if qtype != "auto":
+        return qtype
+    count: dict[str, list[int]] = {}
+    for t in plan:
+        if len(t.shape) == 2:
+            c = count.setdefault(t.qtype.name, [0, 0])
+            c[0] += 1
+            c[1] += t.nbytes
+    return max(count, key=lambda k: tuple(count[k])) if count else "F16"
 
 
 def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, force: bool = False) -> Path:
@@ -54,21 +70,23 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     PosixPath('out/q8/model.Q8_0.gguf')
     """
     out_dir = Path(out_dir).absolute()
-    with steps(f"export {cfg.qtype} GGUF", 4 + is_kquant(cfg.qtype) + bool(cfg.imatrix())) as step:
+    with steps(f"export {cfg.qtype} GGUF", 5 + is_kquant(cfg.qtype) + bool(cfg.imatrix())) as step:
         step("reading the artifact")
         src = open_source(artifact)
         if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
             log.info("%s already holds this export; reusing it", out_dir)
-            return out_dir / gguf_filename(cfg)
+            return out_dir / read_manifest(out_dir).report["gguf_file"]
         check_writable_target(out_dir, force=force, inputs=[artifact])  # before any work
-        spec, dims, plan, metadata, tok_info = prepare(src, cfg)
+        spec, dims, plan, metadata, tok_info = prepare(src, cfg)  # refuses a re-rounding before any work
+        qtype = resolved_qtype(src, cfg)
+        name = gguf_filename(file_type(plan, qtype))
         with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=src.input_id, force=force,
                             inputs=[artifact]) as art:
-            target = art.path / gguf_filename(cfg)
+            target = art.path / name
             t0 = time.perf_counter()
             step(f"writing {target.name}")
             try:
-                if is_kquant(cfg.qtype):
+                if is_kquant(qtype):
                     f32 = art.path / ".intermediate.F32.gguf"
                     write_gguf(f32, spec.gguf_arch, metadata, plan, src)
                     step(f"quantizing to {cfg.qtype} with llama.cpp")
@@ -89,16 +107,19 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
                                     f"nothing was left under the final name") from e
             write_s = time.perf_counter() - t0
             step("reading it back")
-            readback = check_readback(target, plan, metadata, exact_types=not is_kquant(cfg.qtype))
+            readback = check_readback(target, plan, metadata, exact_types=not is_kquant(qtype))
+            step("checking the carried integers block by block")
+            exactness = check_exact(target, plan, src)
             step("validating in llama.cpp against PyTorch")
             t1 = time.perf_counter()
-            tol = plan_tolerance(plan, cfg)
+            tol, basis = carried_tolerance(plan, cfg, qtype)
             validation = validate_gguf(target, src, plan, tolerance=tol, check_tokens=cfg.check_tokens,
                                        threads=cfg.threads, tokenizer_must_match=tok_info["tokenizer_source"]
                                        .startswith("built"))
+            validation["tolerance_basis"] = basis
             art.report.update(_report(src, spec, dims, plan, metadata, tok_info, cfg, target, readback,
-                                      validation, write_s, time.perf_counter() - t1))
-    return out_dir / gguf_filename(cfg)
+                                      validation, write_s, time.perf_counter() - t1, exactness))
+    return out_dir / name
 
 
 def prepare(src: ExportSource, cfg: GGUFConfig) -> tuple[ArchSpec, Dims, list[TensorPlan], Metadata, dict]:
@@ -106,30 +127,21 @@ def prepare(src: ExportSource, cfg: GGUFConfig) -> tuple[ArchSpec, Dims, list[Te
     spec = spec_for(src.config)
     dims = model_dims(src, spec)
     plan = build_plan(src, spec, dims, cfg)
+    qtype = resolved_qtype(src, cfg)
     md = Metadata()
     where = str(src.folder / "config.json")
     md.add("general.type", "model")
     md.add("general.name", str(src.config.get("_name_or_path") or src.folder.name), where=where)
-    if not is_kquant(cfg.qtype):  # llama.cpp's quantizer writes its own
-        md.add("general.file_type", int(_FILE_TYPES[cfg.qtype]))
-        if cfg.qtype not in FLOAT_TYPES:
+    if not is_kquant(qtype):  # llama.cpp's quantizer writes its own
+        ftype = file_type(plan, qtype)
+        md.add("general.file_type", int(_FILE_TYPES[ftype]))
+        if any(t.qtype.name not in FLOAT_TYPES for t in plan):
             md.add("general.quantization_version", 2)
     md.update(arch_metadata(spec, src.config, dims, where), where=where)
     entries, tok_info = tokenizer_metadata(src, dims.vocab)
     for key, value, vtype, sub in entries:
         md.add(key, value, vtype, sub, where=tok_info["tokenizer_source"])
     return spec, dims, plan, md, tok_info
-
-
-def plan_tolerance(plan: list[TensorPlan], cfg: GGUFConfig) -> Tolerance:
-    """The loosest tolerance among the file's tensors: our unchanged integers are held to Q8_0's,
-    tensors that were (re)quantized or stored in a float type to their type's."""
-    if is_kquant(cfg.qtype):
-        return cfg.tolerance()
-    tols = [cfg.tolerance(direct=True) if t.how == "direct" else
-            cfg.replace(qtype=t.qtype.name).tolerance() if t.qtype.name in TOLERANCES else cfg.tolerance()
-            for t in plan if len(t.shape) == 2]
-    return Tolerance(min(t.min_top1 for t in tols), max(t.max_kl for t in tols))
 
 
 def check_readback(path: Path, plan: list[TensorPlan], md: Metadata, *, exact_types: bool) -> dict[str, Any]:
@@ -159,21 +171,51 @@ def check_readback(path: Path, plan: list[TensorPlan], md: Metadata, *, exact_ty
     return {"tensors": len(got), "metadata_keys": len(reader.fields), "types": dict(sorted(types.items()))}
 
 
-def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan], md: Metadata, tok_info: dict,
-            cfg: GGUFConfig, target: Path, readback: dict, validation: dict, write_s: float,
-            validate_s: float) -> dict[str, Any]:
+def carry_notes(plan: list[TensorPlan], cfg: GGUFConfig, qtype: str) -> list[str]:
+    """What the file did to the artifact's tensors, in sentences; a re-rounding first and in capitals."""
     notes = []
-    quant = src.quantized_layers()
-    if quant and is_kquant(cfg.qtype):
-        notes.append(f"{len(quant)} quantized layers were dequantized to F32 and requantized by llama.cpp "
-                     f"({cfg.qtype}); their integers are not kept")
     requant = [t for t in plan if t.how == "requantized"]
     if requant:
-        notes.append(f"{len(requant)} quantized layers do not fit a GGUF block (need int4/int8 symmetric group 32)"
-                     f" and were dequantized and quantized again to {requant[0].qtype.name}")
+        into = cfg.qtype if is_kquant(qtype) else ", ".join(sorted({t.qtype.name for t in requant}))
+        notes.append(f"REQUANTIZED (--requantize): the calibrated integers of {len(requant)} layers were dequantized "
+                     f"and rounded again to {into}; the file does not hold the artifact's weights, and it was "
+                     f"validated at {into}'s tolerance")
+    exact = [t for t in plan if t.how == "exact"]
+    if exact:
+        kinds = Counter(f"{t.source.split(' (')[0]} -> {t.qtype.name}" for t in exact)
+        notes.append(f"{len(exact)} quantized layers carried exactly ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
+    deq = [t for t in plan if t.how == "dequantized"]
+    if deq:
+        notes.append(f"{len(deq)} quantized layers written as {deq[0].qtype.name} floats"
+                     + (" (exact)" if deq[0].qtype.name == "F32" else " (the products rounded to it)"))
+    quantized = [t for t in plan if t.how == "quantized"]
+    if quantized:
+        notes.append(f"{len(quantized)} float tensors rounded to {', '.join(sorted({t.qtype.name for t in quantized}))}")
     fallback = [t for t in plan if t.how == "fallback"]
     if fallback:
         notes.append(f"{len(fallback)} tensors have rows that are not whole 32-wide blocks and are stored F16")
+    return notes
+
+
+def tensor_table(plan: list[TensorPlan], path: Path, errors: dict[str, float]) -> list[dict[str, Any]]:
+    """Per tensor: GGUF name, type as read back, how it was carried, from what, and for an exact carry the
+    largest difference from the artifact's dequantized weight."""
+    types = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+    rows = []
+    for t in plan:
+        row: dict[str, Any] = {"gguf": t.gguf_name, "hf": t.hf_name, "type": types.get(t.gguf_name, t.qtype.name),
+                               "how": t.how, "from": t.source}
+        if t.gguf_name in errors:
+            row["max_abs_err"] = errors[t.gguf_name]
+        rows.append(row)
+    return rows
+
+
+def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan], md: Metadata, tok_info: dict,
+            cfg: GGUFConfig, target: Path, readback: dict, validation: dict, write_s: float,
+            validate_s: float, exactness: dict[str, Any]) -> dict[str, Any]:
+    quant = src.quantized_layers()
+    notes = carry_notes(plan, cfg, resolved_qtype(src, cfg))
     input_bytes = sum(p.stat().st_size for p in src.folder.glob("*.safetensors"))
     return {
         "gguf_file": target.name,
@@ -187,6 +229,9 @@ def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan
         "quantized_input_layers": len(quant),
         "imatrix_tokens": cfg.imatrix(),
         "plan": summarize(plan),
+        "requantized": any(t.how == "requantized" for t in plan),
+        "exactness": {k: v for k, v in exactness.items() if k != "tensors"},
+        "tensors": tensor_table(plan, target, exactness["tensors"]),
         "metadata": md.summary(),
         "tokenizer": tok_info,
         "readback": readback,

@@ -29,8 +29,9 @@ import numpy as np
 from compress.errors import ExportMismatchError, MissingBackendError
 from compress.memory import release_memory
 
+from . import blocks
 from .arch import rope_rows
-from .config import FIDELITY, Tolerance
+from .config import FIDELITY, TOLERANCES, GGUFConfig, Tolerance, is_kquant
 from .plan import TensorPlan
 from .quiet import captured_output
 from .source import ExportSource
@@ -38,7 +39,95 @@ from .source import ExportSource
 log = logging.getLogger(__name__)
 
 PROBE = ("It's 1851: the whale—\"Moby Dick\"—isn't 42.5 m long,  they'd said; naïve café, 東京, 😀!\n\n"
-         "    CHAPTER 135.   The Chase.—Third Day.\tx=3*(7+2) ")
+         "    CHAPTER 135.   The Chase.—Third Day.\tx=3*(7+2) "
+         # other scripts, code, digit runs and whitespace runs: where pre-tokenizers (gpt-2, llama-bpe, qwen2,
+         # SentencePiece) differ while agreeing on plain English
+         "Größe über Москва, 東京は大きい。 مرحبا 12345 + 9876543210 = 0.5e-3\n"
+         "def f(x):\n\treturn x**2  # 1,000,000\n\n\n   \t  \u00a0end  ")
+
+
+# Rounding a tensor can undergo in the file, finest first. Each type's tolerance was set for a file in which
+# every matrix is rounded that way, so a file whose matrices are rounded at most as coarsely as the coarsest
+# one here is bounded by that one's tolerance. "exact" is a quantized layer carried exactly: only llama.cpp's
+# int8 activations (config.EXACT_TOLERANCE), which every block type shares, and Q8_0 adds an 8-bit weight grid.
+_COARSENESS = ("F32", "F16", "BF16", "exact", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0")
+_EXACT_ROWS = 8192  # rows dequantized at a time by the exactness check (Gemma3's 262k-row table)
+
+
+def carried_tolerance(plan: list[TensorPlan], cfg: GGUFConfig, qtype: str) -> tuple[Tolerance, str]:
+    """The tolerance of what the file carries, against the artifact's own weights, and the reason.
+
+    Never loosened by tensors that were carried exactly: a Q4_0 block that holds our integers is held to
+    the exact carry's tolerance, not to Q4_0's. Only a rounding the file really does (float tensors rounded
+    to a block type the user asked for, or calibrated integers re-rounded with ``requantize``) brings in
+    that type's own tolerance; ``requantize`` is the only way calibrated integers reach one."""
+    if is_kquant(qtype):
+        reround = any(t.how == "requantized" for t in plan)
+        return cfg.tolerance(qtype), (f"{qtype}: llama.cpp's quantizer " +
+                                      ("re-rounded the calibrated integers (--requantize)" if reround
+                                       else "rounded the float weights"))
+    steps: dict[str, list[str]] = {}
+    for t in plan:
+        if len(t.shape) != 2:
+            continue
+        key = "exact" if t.how == "exact" else t.qtype.name
+        steps.setdefault(key, []).append(t.how)
+    if not steps:
+        return cfg.tolerance("F32"), "F32: no matrices"
+    coarsest = max(steps, key=_COARSENESS.index)
+    hows = sorted(set(steps[coarsest]))
+    if coarsest == "exact":
+        tol = cfg.tolerance(exact=True)
+        return tol, ("exact carry: every quantized layer holds the artifact's integers; llama.cpp's int8 "
+                     "activations are all that separate them (Q8_0's tolerance)")
+    tol = cfg.tolerance(coarsest) if coarsest in TOLERANCES else cfg.tolerance()
+    what = {"requantized": "calibrated integers re-rounded (--requantize)", "quantized": "float tensors rounded",
+            "float": "float tensors", "dequantized": "quantized layers as floats", "fallback": "fallback rows"}
+    return tol, f"{coarsest}: {', '.join(what.get(h, h) for h in hows)}"
+
+
+def check_exact(path: Path, plan: list[TensorPlan], src: ExportSource) -> dict[str, Any]:
+    """Every exactly carried tensor, dequantized from the written blocks by gguf-py, against the artifact's
+    own dequantized weight: equal, up to the bound :func:`blocks.error_bound` derives from the float16
+    rounding of a Q4_1/Q5_1 offset (zero for every other type). F32 copies of quantized layers are held to
+    zero as well. Raises ExportMismatchError naming the tensor; torch-free."""
+    from gguf import GGUFReader, GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    todo = [p for p in plan if p.how == "exact" or (p.how == "dequantized" and p.qtype == Q.F32)]
+    tensors = {t.name: t for t in GGUFReader(path).tensors} if todo else {}
+    errors: dict[str, float] = {}
+    worst_ratio, bit_exact = 0.0, 0
+    for p in todo:
+        qw = src.weight(p.hf_name)
+        if p.rope_heads:
+            qw = qw.take_rows(rope_rows(p.shape[0], p.rope_heads))
+        rt = tensors[p.gguf_name]
+        raw = np.asarray(rt.data).reshape(p.shape[0], -1)
+        err_max = 0.0
+        for a in range(0, p.shape[0], _EXACT_ROWS):
+            rows = np.arange(a, min(a + _EXACT_ROWS, p.shape[0]))
+            part = qw.take_rows(rows)
+            got = np.asarray(dequantize(raw[rows], rt.tensor_type), dtype=np.float64).reshape(part.shape)
+            want = part.dequantize()
+            err = np.abs(got - want)
+            bound = np.repeat(blocks.error_bound(part, p.qtype), part.group_size, axis=1)
+            over = err > bound
+            if over.any():
+                o, i = (int(x[0]) for x in np.nonzero(over))
+                raise ExportMismatchError(
+                    f"{path.name}: {p.gguf_name} ({p.qtype.name}, carrying {p.source} {p.hf_name}) dequantizes to "
+                    f"{got[o, i]:.8g} at row {a + o}, column {i}, where the artifact has {want[o, i]:.8g}: off by "
+                    f"{err[o, i]:.3g}, beyond "
+                    f"the {bound[o, i]:.3g} that float16 rounding of the block's scale and offset allows")
+            err_max = max(err_max, float(err.max(initial=0.0)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(bound > 0, err / bound, 0.0)
+            worst_ratio = max(worst_ratio, float(ratio.max(initial=0.0)))
+        errors[p.gguf_name] = err_max
+        bit_exact += err_max == 0.0
+    return {"checked": len(todo), "bit_exact": bit_exact, "max_abs_err": max(errors.values(), default=0.0),
+            "max_err_over_bound": worst_ratio, "tensors": errors}
 
 
 def reference_model(src: ExportSource) -> tuple[Any, Any, str]:
