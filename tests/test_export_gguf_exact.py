@@ -148,6 +148,30 @@ def _expected_type(bits: int, group: int, sym: bool) -> str:
     return {(4, True): "Q4_0", (4, False): "Q4_1", (5, True): "Q5_0", (5, False): "Q5_1", (8, True): "Q8_0"}[bits, sym]
 
 
+def test_the_smallest_type_that_holds_a_grid_is_the_one_the_quantizer_promised():
+    """blocks.carriers (the exporter's packing arithmetic) and compress.quantize.targets (the table --target
+    and the budget read) agree on every grid; gguf-py reads every carrier back to the same weights."""
+    from compress.quantize.format import QuantizedWeight
+    from compress.quantize.targets import gguf_type
+    from export.gguf import blocks
+
+    rng = np.random.default_rng(0)
+    for bits in (4, 5, 8):
+        for sym in (True, False):
+            for group in (16, 32, 64, 128, 0):
+                w = rng.standard_normal((8, 128)).astype(np.float32)
+                p = rtn(w, bits, group or 128, sym)
+                q = np.asarray(p["qweight"])
+                qw = QuantizedWeight("x", bits, group or 128, sym, (8, 128), q, p["scales"], p.get("zeros"))
+                held = blocks.carriers(qw)
+                assert (held[0].name if held else None) == gguf_type(bits, group, sym, 128), (bits, sym, group)
+                ref = qw.dequantize()
+                for t in held:
+                    back = gguf.quants.dequantize(blocks.pack(qw, t), t).reshape(ref.shape)
+                    bound = np.repeat(blocks.error_bound(qw, t), qw.group_size, axis=1)
+                    assert (np.abs(back.astype(np.float64) - ref) <= bound).all(), (bits, sym, group, t)
+
+
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 CASES = {
     "int4-sym-g64": {p: (4, 64, True) for p in PROJ},

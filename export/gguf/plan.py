@@ -42,6 +42,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 from compress.errors import ArtifactError, IncompatibleLayerError
+from compress.quantize.targets import gguf_type
 
 from . import blocks
 from .arch import ArchSpec, Dims, rope_rows
@@ -160,8 +161,11 @@ def choose_type(gguf_name: str, shape: tuple[int, ...], qw: QuantizedWeight | No
         return (target, "quantized") if blocks.fits(shape, target) else (Q.F16, "fallback")
     exact = blocks.carriers(qw)
     if asked == "auto":
-        if exact:
-            return exact[0], "exact"
+        # the type compress quantize --target gguf promised for this grid (its one table; the smallest
+        # of blocks.carriers, which tests/test_export_gguf_exact.py checks for every grid)
+        promised = gguf_type(qw.bits, qw.group_size, qw.symmetric, qw.shape[1])
+        if promised is not None and ggml_type(promised) in exact:
+            return ggml_type(promised), "exact"
         target = _REROUND[(qw.bits, qw.symmetric)]
     elif is_kquant(asked):
         return Q.F32, "requantized"  # written F32, re-rounded by llama.cpp's quantizer
