@@ -96,9 +96,9 @@ def pack(qw: QuantizedWeight, qtype: Q) -> np.ndarray:
     out, n_in = qw.shape
     res = np.empty((out, n_in // BLOCK * GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
     for a in range(0, out, _ROWS_PER_CHUNK):
-        rows = slice(a, min(a + _ROWS_PER_CHUNK, out))
-        res[rows] = _pack_rows(qw.integers()[rows], np.asarray(qw.scales)[rows], qw.zero_points()[rows],
-                               qw.group_size, qtype)
+        part = qw if out <= _ROWS_PER_CHUNK else qw.take_rows(np.arange(a, min(a + _ROWS_PER_CHUNK, out)))
+        res[a:a + part.shape[0]] = _pack_rows(part.integers(), np.asarray(part.scales), part.zero_points(),
+                                              qw.group_size, qtype)
     return res
 
 

@@ -1,5 +1,9 @@
 """Every GGUF proves itself: llama.cpp runs it on fixed token ids next to the PyTorch model of the
-same artifact, and the export is refused when they disagree beyond the type's tolerance.
+same artifact, and the export is refused when they disagree beyond the tolerance of what the file carries
+(:func:`carried_tolerance`: an exact carry of our integers is held to Q8_0's whatever its block type; a
+type's own looser tolerance only comes with a rounding the file really does, never to hide one). Before
+that, :func:`check_exact` reads every exactly carried tensor back with gguf-py and compares it with the
+artifact's dequantized weight, bounded by float16 rounding of the block offsets alone.
 
 Metrics over all positions of the check ids (the start of the bundled evaluation text, BOS first
 when the tokenizer uses it): mean KL(PyTorch || llama.cpp), top-1 agreement, max |logit difference|,
