@@ -155,6 +155,8 @@ def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], referenc
     the tolerance of a file that computes with int8 activations, and written into ``target``."""
     from runtimes.onnx_runtime import OnnxDecoder, make_session
 
+    if plan.post != "ort-nbits" and not any(c.kind == "nbits" for c in [plan.head, *plan.linears.values()]):
+        return fixed_levels({}, initial_level(cfg))  # no MatMulNBits: don't read a float file back for nothing
     model = onnx.load(str(target), load_external_data=False)
     nodes = nbits_nodes(model)
     if cfg.fixed_level is not None or not nodes:

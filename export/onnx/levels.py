@@ -143,4 +143,5 @@ def choose_levels(nodes: dict[str, int] | list[str], measure: Callable[[dict[str
 
 
 def fixed_levels(nodes: dict[str, int] | list[str], level: int) -> LevelChoice:
-    return LevelChoice({n: level for n in sorted(nodes)}, "fixed")
+    """Every node at ``level`` (mode "none" when the file has no MatMulNBits node)."""
+    return LevelChoice({n: level for n in sorted(nodes)}, "fixed" if nodes else "none")
