@@ -196,6 +196,7 @@ __import__("compress.chat.cli", fromlist=["register"]).register(app)  # issue #7
 __import__("compress.pipeline.cli", fromlist=["register"]).register(app)  # issue #7: compress run
 __import__("compress.prune.cli", fromlist=["register"]).register(app)  # issue #6: compress prune
 __import__("compress.distill.cli", fromlist=["register"]).register(app)  # issue #6: compress distill
+__import__("compress.diagnose.cli", fromlist=["register"]).register(app)  # issue #15: compress diagnose
 
 
 def _finite_floats(cmd) -> None:
