@@ -312,3 +312,25 @@ def test_8_bit_nodes_left_at_float_compute_are_named_as_onnxruntimes_slow_path(t
     assert levels["mode"] == "fixed" and set(levels["nodes"].values()) == {0}
     assert levels["slow_8bit_float_nodes"] == [f"layers.{i}.mlp.{k}" for i in range(2) for k in ("down_proj", "gate_up_proj")]
     assert r["validation"]["tolerance"]["min_top1"] == 0.98  # float compute: the exact tolerance
+
+
+def test_a_real_mixed_budget_artifact_for_onnx_goes_through_exactly(run_cli, tmp_path):
+    # compress quantize's own allocator (the GGUF menu, which has 5 bits): the mix it picks must arrive as is
+    src = peaked("llama")
+    q = tmp_path / "q"
+    rc, _, err = run_cli("quantize", src, "--scheme", "int4-rtn", "--budget-bits", "5.5", "--target", "gguf",
+                         "--samples", "4", "--seq-len", "32", "--eval-tokens", "0", "--out", q)
+    assert rc == 0, err
+    layers = json.loads((q / "quantization.json").read_text())["layers"]
+    assert len({m["bits"] for m in layers.values()}) >= 2, layers  # a mix, or this tests nothing
+    out = tmp_path / "onnx"
+    rc, _, err = run_cli("export", q, "--format", "onnx", "--out", out)
+    assert rc == 0, err
+    r = read_manifest(out).report
+    assert r["plan"]["integers"] == "artifact" and r["plan"]["post_quantizer"] is None
+    _, inits, nodes, wmap = _load(out / "model.onnx")
+    for name, meta in layers.items():
+        if name in ("lm_head", "model.embed_tokens"):
+            continue
+        node = nodes[wmap[name]["node"]]
+        _check_layer(q, inits, node, wmap[name]["rows"], name, meta["bits"], meta["group_size"], meta["symmetric"])
