@@ -84,6 +84,9 @@ def inspect_hf_folder(path: Path, *, allow_pickle: bool = False, trust_remote_co
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{cfg_path}: not valid JSON ({e})") from None
     check_causal_lm(config, cfg_path)
+    from .families import check_model_files
+
+    check_model_files(path, config)  # family, rope type, tokenizer kind: refused before any weight is read
     check_dimensions(config, cfg_path)
     if config.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(f"{cfg_path}: the model asks to run its own code (auto_map); "

@@ -31,13 +31,13 @@ def _one_line_error(rc, err, *needles):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path, run_cli):
-    src = shutil.copytree(peaked("llama"), tmp_path / "mistral")
+    src = shutil.copytree(peaked("llama"), tmp_path / "olmo2")
     cfg = json.loads((src / "config.json").read_text())
-    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+    cfg.update(model_type="olmo2", architectures=["Olmo2ForCausalLM"])
     (src / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "out"
     rc, _, err = run_cli("export", src, "--format", "onnx", "--qtype", "fp32", "--out", out)
-    _one_line_error(rc, err, "'mistral'", "supported: llama, gemma3_text")
+    _one_line_error(rc, err, "Olmo2ForCausalLM", "supported: llama (LlamaForCausalLM), mistral (MistralForCausalLM)")
     assert _nothing_left(out)
 
 

@@ -1,14 +1,15 @@
-"""Per-architecture tables: Hugging Face tensor names -> GGUF names, shapes, and llama.cpp's conventions.
+"""The GGUF view of the family table: Hugging Face tensor names -> GGUF names, shapes and transforms.
 
-One :class:`ArchSpec` per supported family. Adding an architecture means adding a table here (and
-its hyperparameters in :mod:`.hparams`), not touching the writer. The names follow gguf-py's own
-tensor map (a test checks that they agree), the conventions follow llama.cpp's converter
-(convert_hf_to_gguf.py):
+Nothing here is per family: each :class:`ArchSpec` is computed from a row of :mod:`compress.families`
+and gguf-py's tensor name map for its llama.cpp architecture (``gguf.get_tensor_name_map``), with
+llama.cpp's conventions (convert_hf_to_gguf.py) applied from the row's fields:
 
-- llama: q/k rows are reordered per head (``rope_q`` / ``rope_k``) because llama.cpp's llama graph
-  rotates adjacent pairs (GPT-J style) while Hugging Face rotates the two halves of each head.
-- gemma3: every RMSNorm weight is stored as ``1 + w`` (``norm_plus_one``): Hugging Face's Gemma
-  norm computes ``x * (1 + w)``, llama.cpp's computes ``x * w``.
+- ``rope_permute``: q/k rows are reordered per head (``rope_q`` / ``rope_k``) because llama.cpp's llama
+  graph rotates adjacent pairs (GPT-J style) while Hugging Face rotates the two halves of each head.
+- ``norm_offset`` 1 (Gemma): every RMSNorm weight is stored as ``1 + w`` (``norm_plus_one``): Hugging
+  Face's Gemma norm computes ``x * (1 + w)``, llama.cpp's computes ``x * w``.
+- fused projections (Phi-3's ``qkv_proj`` / ``gate_up_proj``) map to ``attn_qkv`` / ``ffn_up`` as they are:
+  llama.cpp's phi3 graph splits them itself.
 - tied embeddings: no ``output.weight``; llama.cpp reuses ``token_embd.weight``.
 
     >>> spec = spec_for({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
@@ -19,11 +20,13 @@ tensor map (a test checks that they agree), the conventions follow llama.cpp's c
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
 
-from compress.errors import IncompatibleLayerError
+from compress.families import FAMILIES, Family, family_for
+from compress.families import supported as _supported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +60,20 @@ class TensorRule:
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-    gguf_arch: str
-    hf_architectures: tuple[str, ...]
-    model_types: tuple[str, ...]
+    family: Family
     rules: tuple[TensorRule, ...]
+
+    @property
+    def gguf_arch(self) -> str:
+        return self.family.gguf_arch
+
+    @property
+    def hf_architectures(self) -> tuple[str, ...]:
+        return self.family.hf_architectures
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return self.family.model_types
 
     def rule_for(self, hf_name: str) -> tuple[TensorRule, int | None] | None:
         """The rule matching a concrete tensor name and its layer index (None when no rule matches)."""
@@ -77,104 +90,87 @@ class ArchSpec:
         return None
 
 
-def _q(d: Dims) -> tuple[int, int]:
-    return d.n_head * d.head_dim, d.hidden
+def _shapes(fam: Family) -> dict[str, Shape]:
+    """Hugging Face (out, in) shape of each GGUF tensor kind."""
+    up = 2 if fam.fused_gate_up else 1
+    return {
+        "token_embd": lambda d: (d.vocab, d.hidden), "output": lambda d: (d.vocab, d.hidden),
+        "attn_q": lambda d: (d.n_head * d.head_dim, d.hidden),
+        "attn_k": lambda d: (d.n_head_kv * d.head_dim, d.hidden),
+        "attn_v": lambda d: (d.n_head_kv * d.head_dim, d.hidden),
+        "attn_qkv": lambda d: ((d.n_head + 2 * d.n_head_kv) * d.head_dim, d.hidden),
+        "attn_output": lambda d: (d.hidden, d.n_head * d.head_dim),
+        "ffn_gate": lambda d: (d.n_ff, d.hidden), "ffn_up": lambda d: (up * d.n_ff, d.hidden),
+        "ffn_down": lambda d: (d.hidden, d.n_ff),
+        "attn_q_norm": lambda d: (d.head_dim,), "attn_k_norm": lambda d: (d.head_dim,),
+    }
 
 
-def _kv(d: Dims) -> tuple[int, int]:
-    return d.n_head_kv * d.head_dim, d.hidden
+def _hf_tensors(fam: Family) -> list[tuple[str, bool]]:
+    """(Hugging Face tensor name, optional) of every tensor the family may hold."""
+    out = [("model.embed_tokens.weight", False), ("lm_head.weight", True), ("model.norm.weight", False)]
+    layer = "model.layers.{bid}."
+    out += [(f"{layer}{n}.weight", False) for n in fam.norms.values() if n]
+    for m in fam.linears:
+        out.append((f"{layer}{m}.weight", False))
+        if m.startswith("self_attn.") and fam.attn_bias != "none":
+            out.append((f"{layer}{m}.bias", not (fam.attn_bias == "qkv" and m in fam.qkv)))
+    if fam.qk_norm:
+        out += [(f"{layer}self_attn.q_norm.weight", False), (f"{layer}self_attn.k_norm.weight", False)]
+    return out
 
 
-def _o(d: Dims) -> tuple[int, int]:
-    return d.hidden, d.n_head * d.head_dim
+@functools.lru_cache(maxsize=None)
+def spec_for_family(fam: Family) -> ArchSpec:
+    import gguf
+
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[fam.gguf_arch.upper()], 1)
+    shapes = _shapes(fam)
+    rules = []
+    for hf, optional in _hf_tensors(fam):
+        name = tmap.get_name(hf.format(bid=0), try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise KeyError(f"gguf-py has no {fam.gguf_arch} name for {hf} (family table row {fam.name})")
+        g = name.replace("blk.0.", "blk.{bid}.")
+        kind, suffix = g.removeprefix("blk.{bid}.").rsplit(".", 1)
+        if kind.endswith("norm") and kind not in shapes:
+            shape: Shape = lambda d: (d.hidden,)  # noqa: E731
+        else:
+            full = shapes[kind]
+            shape = full if suffix == "weight" else (lambda d, full=full: full(d)[:1])
+        transform = None
+        if fam.rope_permute and kind in ("attn_q", "attn_k"):
+            transform = "rope_q" if kind == "attn_q" else "rope_k"
+        elif fam.norm_offset == 1.0 and kind.endswith("norm"):
+            transform = "norm_plus_one"
+        rules.append(TensorRule(hf, g, shape, transform, optional))
+    return ArchSpec(fam, tuple(rules))
 
 
-def _up(d: Dims) -> tuple[int, int]:
-    return d.n_ff, d.hidden
+class _Archs(dict):
+    """family name -> ArchSpec, built on first use (gguf-py's map is imported then)."""
+
+    def __missing__(self, key: str) -> ArchSpec:
+        fam = next((f for f in FAMILIES if f.name == key), None)
+        if fam is None:
+            raise KeyError(key)
+        self[key] = spec_for_family(fam)
+        return self[key]
+
+    def values(self):  # every row, not only those built so far
+        return [self[f.name] for f in FAMILIES]
 
 
-def _down(d: Dims) -> tuple[int, int]:
-    return d.hidden, d.n_ff
-
-
-def _emb(d: Dims) -> tuple[int, int]:
-    return d.vocab, d.hidden
-
-
-def _h(d: Dims) -> tuple[int]:
-    return (d.hidden,)
-
-
-def _hd(d: Dims) -> tuple[int]:
-    return (d.head_dim,)
-
-
-L = "model.layers.{bid}."
-B = "blk.{bid}."
-
-_COMMON = (
-    TensorRule("model.embed_tokens.weight", "token_embd.weight", _emb),
-    TensorRule("lm_head.weight", "output.weight", _emb, optional=True),
-    TensorRule(L + "self_attn.v_proj.weight", B + "attn_v.weight", _kv),
-    TensorRule(L + "self_attn.o_proj.weight", B + "attn_output.weight", _o),
-    TensorRule(L + "mlp.gate_proj.weight", B + "ffn_gate.weight", _up),
-    TensorRule(L + "mlp.up_proj.weight", B + "ffn_up.weight", _up),
-    TensorRule(L + "mlp.down_proj.weight", B + "ffn_down.weight", _down),
-)
-
-LLAMA = ArchSpec(
-    gguf_arch="llama",
-    hf_architectures=("LlamaForCausalLM",),
-    model_types=("llama",),
-    rules=_COMMON + (
-        TensorRule("model.norm.weight", "output_norm.weight", _h),
-        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", _h),
-        TensorRule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight", _h),
-        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", _q, "rope_q"),
-        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", _kv, "rope_k"),
-        TensorRule(L + "self_attn.q_proj.bias", B + "attn_q.bias", lambda d: _q(d)[:1], "rope_q", optional=True),
-        TensorRule(L + "self_attn.k_proj.bias", B + "attn_k.bias", lambda d: _kv(d)[:1], "rope_k", optional=True),
-        TensorRule(L + "self_attn.v_proj.bias", B + "attn_v.bias", lambda d: _kv(d)[:1], optional=True),
-        TensorRule(L + "self_attn.o_proj.bias", B + "attn_output.bias", _h, optional=True),
-    ),
-)
-
-GEMMA3 = ArchSpec(
-    gguf_arch="gemma3",
-    hf_architectures=("Gemma3ForCausalLM",),
-    model_types=("gemma3_text",),
-    rules=_COMMON + (
-        TensorRule("model.norm.weight", "output_norm.weight", _h, "norm_plus_one"),
-        TensorRule(L + "input_layernorm.weight", B + "attn_norm.weight", _h, "norm_plus_one"),
-        TensorRule(L + "post_attention_layernorm.weight", B + "post_attention_norm.weight", _h, "norm_plus_one"),
-        TensorRule(L + "pre_feedforward_layernorm.weight", B + "ffn_norm.weight", _h, "norm_plus_one"),
-        TensorRule(L + "post_feedforward_layernorm.weight", B + "post_ffw_norm.weight", _h, "norm_plus_one"),
-        TensorRule(L + "self_attn.q_norm.weight", B + "attn_q_norm.weight", _hd, "norm_plus_one"),
-        TensorRule(L + "self_attn.k_norm.weight", B + "attn_k_norm.weight", _hd, "norm_plus_one"),
-        TensorRule(L + "self_attn.q_proj.weight", B + "attn_q.weight", _q),
-        TensorRule(L + "self_attn.k_proj.weight", B + "attn_k.weight", _kv),
-    ),
-)
-
-ARCHS: dict[str, ArchSpec] = {s.gguf_arch: s for s in (LLAMA, GEMMA3)}
+ARCHS: dict[str, ArchSpec] = _Archs()
 
 
 def supported() -> str:
-    return ", ".join(f"{s.gguf_arch} ({'/'.join(s.hf_architectures)})" for s in ARCHS.values())
+    return _supported()
 
 
 def spec_for(config: dict[str, Any]) -> ArchSpec:
     """The table for a config.json; IncompatibleLayerError lists the supported ones otherwise."""
-    archs = tuple(config.get("architectures") or ())
-    mtype = config.get("model_type")
-    for s in ARCHS.values():
-        if any(a in s.hf_architectures for a in archs) or (not archs and mtype in s.model_types):
-            if mtype is not None and mtype not in s.model_types:
-                break
-            return s
-    raise IncompatibleLayerError(
-        f"architecture {'/'.join(archs) or '?'} (model_type {mtype!r}) cannot be exported to GGUF by compress; "
-        f"supported: {supported()}")
+    return spec_for_family(family_for(config, "GGUF export"))
 
 
 def rope_rows(n_rows: int, n_head: int) -> np.ndarray:

@@ -15,7 +15,10 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 from compress.errors import ArtifactError, IncompatibleLayerError
+from compress.families import check_config
 
 from .arch import ArchSpec, Dims
 from .source import ExportSource
@@ -25,18 +28,28 @@ _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 def model_dims(src: ExportSource, spec: ArchSpec) -> Dims:
     cfg = src.config
+    fam = spec.family
     where = src.folder / "config.json"
     layers = sorted({int(m.group(1)) for n in src.logical_names() if (m := _LAYER.match(n))})
     if layers != list(range(len(layers))):
         raise ArtifactError(f"{src.folder}: layer indices {layers} are not contiguous from 0")
     n_layer = len(layers)
+    if n_layer == 0:
+        raise ArtifactError(f"{src.folder}: the weights have no transformer layers")
     vocab, hidden = _shape2(src, "model.embed_tokens.weight")
-    n_ff = _shape2(src, "model.layers.0.mlp.gate_proj.weight")[0] if n_layer else 0
     head_dim = cfg.get("head_dim") or hidden // int(cfg["num_attention_heads"])
-    q_rows = _shape2(src, "model.layers.0.self_attn.q_proj.weight")[0] if n_layer else 0
-    k_rows = _shape2(src, "model.layers.0.self_attn.k_proj.weight")[0] if n_layer else 0
-    if q_rows % head_dim or k_rows % head_dim:
-        raise ArtifactError(f"{src.folder}: q_proj has {q_rows} rows and k_proj {k_rows}, not multiples of "
+    p = "model.layers.0."
+    n_ff = _shape2(src, f"{p}{fam.gate_up[0]}.weight")[0] // (2 if fam.fused_gate_up else 1)
+    if fam.fused_qkv:
+        # q, k and v rows stacked: the query heads come from config.json, the rest is two equal parts
+        rows = _shape2(src, f"{p}{fam.qkv[0]}.weight")[0]
+        q_rows = int(cfg["num_attention_heads"]) * head_dim
+        k_rows = (rows - q_rows) // 2
+    else:
+        q_rows = _shape2(src, f"{p}{fam.qkv[0]}.weight")[0]
+        k_rows = _shape2(src, f"{p}{fam.qkv[1]}.weight")[0]
+    if q_rows % head_dim or k_rows % head_dim or k_rows <= 0:
+        raise ArtifactError(f"{src.folder}: q has {q_rows} rows and k {k_rows}, not whole heads of "
                             f"head_dim {head_dim} (config.json)")
     dims = Dims(n_layer=n_layer, hidden=hidden, n_ff=n_ff, n_head=q_rows // head_dim, n_head_kv=k_rows // head_dim,
                 head_dim=head_dim, vocab=vocab)
@@ -49,8 +62,6 @@ def model_dims(src: ExportSource, spec: ArchSpec) -> Dims:
         if want is not None and int(want) != getattr(dims, field):
             raise ArtifactError(f"{where}: {key} is {want} but the weights have {getattr(dims, field)} "
                                 f"(a pruned model whose config was not updated?)")
-    if n_layer == 0:
-        raise ArtifactError(f"{src.folder}: the weights have no transformer layers")
     return dims
 
 
@@ -78,17 +89,20 @@ def rope_theta(cfg: dict[str, Any], layer_type: str | None = None, default: floa
 
 def _rope_scaling(arch: str, scaling: dict, where: str) -> dict[str, Any]:
     kind = scaling.get("rope_type", scaling.get("type", "default")) or "default"
-    if kind == "default":
+    if kind in ("default", "llama3"):  # llama3: the rope_freqs tensor (see rope_freqs)
         return {}
     if kind == "linear":
         return {f"{arch}.rope.scaling.type": "linear", f"{arch}.rope.scaling.factor": float(scaling["factor"])}
     raise IncompatibleLayerError(f"{where}: rope_type {kind!r} is not supported by the GGUF export "
-                                 f"(supported: default, linear)")
+                                 f"(supported: default, linear, llama3)")
 
 
 def arch_metadata(spec: ArchSpec, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
-    """``{arch}.*`` keys for llama.cpp, from the real dims; raises for settings llama.cpp cannot run."""
-    a = spec.gguf_arch
+    """``{arch}.*`` keys for llama.cpp, from the real dims; raises for settings llama.cpp cannot run.
+    The common keys, then each group the family row names in ``gguf_keys``."""
+    fam = spec.family
+    a = fam.gguf_arch
+    check_config(fam, cfg, where)
     eps = float(cfg.get("rms_norm_eps", 1e-6))
     md: dict[str, Any] = {
         f"{a}.context_length": int(cfg.get("max_position_embeddings", 2048)),
@@ -100,32 +114,57 @@ def arch_metadata(spec: ArchSpec, cfg: dict[str, Any], dims: Dims, where: str) -
         f"{a}.attention.layer_norm_rms_epsilon": eps,
         f"{a}.vocab_size": dims.vocab,
     }
-    if a == "llama":
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise IncompatibleLayerError(f"{where}: hidden_act {act!r}; llama.cpp's llama graph uses silu")
-        theta, scaling = rope_theta(cfg)
-        md[f"{a}.rope.freq_base"] = theta
-        md[f"{a}.rope.dimension_count"] = dims.head_dim
-        md.update(_rope_scaling(a, scaling, where))
-        if dims.head_dim * dims.n_head != dims.hidden:
-            # llama.cpp assumes head_dim = hidden / heads unless told (fewer heads after pruning)
-            md[f"{a}.attention.key_length"] = dims.head_dim
-            md[f"{a}.attention.value_length"] = dims.head_dim
-    elif a == "gemma3":
-        md.update(_gemma3(cfg, dims, where))
+    if dims.head_dim * dims.n_head != dims.hidden:
+        # llama.cpp assumes head_dim = hidden / heads unless told (Qwen3; fewer heads after pruning)
+        md[f"{a}.attention.key_length"] = dims.head_dim
+        md[f"{a}.attention.value_length"] = dims.head_dim
+    for group in fam.gguf_keys:
+        md.update(_GROUPS[group](a, cfg, dims, where))
     return md
 
 
-def _gemma3(cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
+def _rope(a: str, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
+    theta, scaling = rope_theta(cfg)
+    md = {f"{a}.rope.freq_base": theta, f"{a}.rope.dimension_count": dims.head_dim}
+    md.update(_rope_scaling(a, scaling, where))
+    return md
+
+
+def _head_dims(a: str, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
+    return {f"{a}.attention.key_length": dims.head_dim, f"{a}.attention.value_length": dims.head_dim}
+
+
+def _phi3(a: str, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
+    # llama.cpp's converter writes these for every phi3 (0 = no sliding window; llama.cpp ignores it anyway)
+    orig = cfg.get("original_max_position_embeddings") or cfg.get("max_position_embeddings", 4096)
+    return {f"{a}.rope.scaling.original_context_length": int(orig),
+            f"{a}.attention.sliding_window": int(cfg.get("sliding_window") or 0)}
+
+
+def rope_freqs(cfg: dict[str, Any], head_dim: int) -> np.ndarray | None:
+    """llama.cpp's ``rope_freqs`` tensor for ``rope_type: llama3`` (None otherwise): the factor each
+    frequency is divided by, as convert_hf_to_gguf.py computes it from the config."""
+    theta, p = rope_theta(cfg)
+    if (p.get("rope_type") or p.get("type")) != "llama3":
+        return None
+    d = head_dim
+    freqs = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    factor = float(p.get("factor", 8.0))
+    low, high = float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+    old = float(p.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * math.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    out = np.where(wavelen < old / high, 1.0,
+                   np.where(wavelen > old / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return out.astype(np.float32)
+
+
+def _gemma3(a: str, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if cfg.get(key) is not None:
             raise IncompatibleLayerError(f"{where}: {key}={cfg[key]}; llama.cpp's gemma3 graph does not apply it")
     if cfg.get("use_bidirectional_attention"):
         raise IncompatibleLayerError(f"{where}: use_bidirectional_attention is set; llama.cpp runs gemma3 causally")
-    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
-    if act != "gelu_pytorch_tanh":
-        raise IncompatibleLayerError(f"{where}: hidden_activation {act!r}; llama.cpp's gemma3 uses gelu (tanh)")
     full, full_scaling = rope_theta(cfg, "full_attention", default=1_000_000.0)
     local, local_scaling = rope_theta(cfg, "sliding_attention", default=10_000.0)
     if _rope_scaling("gemma3", local_scaling, where):
@@ -140,6 +179,18 @@ def _gemma3(cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
     }
     md.update(_rope_scaling("gemma3", full_scaling, where))
     return md
+
+
+def generated_tensor(gguf_name: str, cfg: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """A GGUF tensor computed from the config rather than read from the weights."""
+    if gguf_name == "rope_freqs.weight":
+        out = rope_freqs(cfg, 2 * shape[0])
+        if out is not None:
+            return out
+    raise ArtifactError(f"no way to compute the GGUF tensor {gguf_name} from the config")
+
+
+_GROUPS = {"rope": _rope, "head_dims": _head_dims, "phi3": _phi3, "gemma3": _gemma3}
 
 
 def swa_period(cfg: dict[str, Any], n_layer: int, where: str) -> int:

@@ -33,6 +33,7 @@ SCHEMA: tuple[tuple[str, T, T | None], ...] = (
     ("general.*", T.STRING, None),
     (f"{A}.rope.scaling.factor", T.FLOAT32, None),
     (f"{A}.rope.scaling.type", T.STRING, None),
+    (f"{A}.rope.scaling.original_context_length", T.UINT32, None),
     (f"{A}.rope.freq_base*", T.FLOAT32, None),
     (f"{A}.attention.layer_norm_rms_epsilon", T.FLOAT32, None),
     (f"{A}.context_length", T.UINT32, None),

@@ -47,7 +47,7 @@ from compress.quantize.targets import gguf_type
 from . import blocks
 from .arch import ArchSpec, Dims, rope_rows
 from .config import TYPE_BITS, GGUFConfig, ggml_type, is_kquant
-from .hparams import gemma3_query_scale
+from .hparams import gemma3_query_scale, generated_tensor, rope_freqs
 from .source import ExportSource, QuantizedWeight
 
 EMBEDDING_NAMES = ("token_embd.weight", "output.weight")
@@ -74,6 +74,8 @@ class TensorPlan:
 
     def produce(self, src: ExportSource) -> np.ndarray:
         """The tensor's bytes in its GGUF type (read, transformed, encoded: one tensor in memory)."""
+        if self.how == "generated":  # computed from the config (llama3's rope_freqs), no HF tensor
+            return blocks.encode(generated_tensor(self.gguf_name, src.config, self.shape), self.qtype)
         w = src.weight(self.hf_name)
         rows = rope_rows(self.shape[0], self.rope_heads) if self.rope_heads else None
         if isinstance(w, QuantizedWeight):
@@ -93,7 +95,7 @@ class TensorPlan:
 
 def build_plan(src: ExportSource, spec: ArchSpec, dims: Dims, cfg: GGUFConfig) -> list[TensorPlan]:
     """Map every tensor of the artifact to a GGUF tensor; refuse unknown, missing or misshapen ones."""
-    tied = bool(src.config.get("tie_word_embeddings", spec.gguf_arch == "gemma3"))
+    tied = bool(src.config.get("tie_word_embeddings", spec.family.tied_default))
     layers = src.quantized_layers()
     matched: dict[str, tuple[Any, int | None]] = {}
     for name in src.logical_names():
@@ -135,6 +137,9 @@ def build_plan(src: ExportSource, spec: ArchSpec, dims: Dims, cfg: GGUFConfig) -
     if refused:
         raise IncompatibleLayerError(refusal(refused))
     plan.sort(key=lambda t: (_group(t.gguf_name), _bid(t.gguf_name), order[_pattern(t.hf_name)]))
+    freqs = rope_freqs(src.config, dims.head_dim)
+    if freqs is not None:  # llama3 rope scaling: llama.cpp divides each rope frequency by this tensor
+        plan.append(TensorPlan("rope_freqs.weight", "", tuple(freqs.shape), Q.F32, "generated"))
     return plan
 
 

@@ -112,6 +112,9 @@ def open_source(spec: str | Path) -> ExportSource:
     config = _read_json(folder / "config.json", "model config")
     if not isinstance(config, dict):
         raise ArtifactError(f"{folder / 'config.json'}: not a JSON object")
+    from compress.families import check_model_files
+
+    check_model_files(folder, config)  # an unsupported family is refused before the weights are opened
     tensors = SafetensorsFolder(folder)
     quant = None
     qpath = folder / QUANT_JSON

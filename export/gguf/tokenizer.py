@@ -28,12 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from gguf import GGUFReader, GGUFValueType, TokenType
 
 from compress.errors import ArtifactError, IncompatibleLayerError, MissingBackendError
+from compress.families import TOKENIZER_NAMES, tokenizer_kind
 
 from .source import ExportSource
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[str, Any, GGUFValueType | None, GGUFValueType | None]  # key, value, type, element type
 
+_QWEN2_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 _LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
                  "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 
@@ -110,45 +114,50 @@ def copy_from_gguf(path: Path) -> list[Entry]:
 
 
 def from_tokenizer_json(folder: Path, vocab_size: int, config: dict[str, Any]) -> tuple[list[Entry], dict[str, Any]]:
+    """Byte-level BPE -> llama.cpp's ``gpt2`` model; SentencePiece (tokenizer.model, or a tokenizer.json BPE
+    with byte fallback, as Llama 2, Mistral and Gemma ship) -> its ``llama`` model with scores and types."""
     path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise ArtifactError(f"{folder}: no tokenizer.json (GGUF needs the vocabulary)")
-    try:
-        tj = json.loads(path.read_text(encoding="utf-8"))
-        model = tj["model"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{path}: corrupt tokenizer ({e})") from None
-    if model.get("type") != "BPE":
-        raise IncompatibleLayerError(f"{path}: tokenizer model {model.get('type')!r} cannot be converted; "
-                                     f"supported: byte-level BPE, or a model imported from a bundled GGUF")
-    pre = pre_tokenizer_name(tj.get("pre_tokenizer"), path)
-    vocab: dict[str, int] = dict(model["vocab"])
+    kind, desc = tokenizer_kind(folder)
+    if kind is None:
+        raise ArtifactError(f"{folder}: no tokenizer.json or tokenizer.model (GGUF needs the vocabulary)")
+    if kind not in ("bpe", "spm"):
+        raise IncompatibleLayerError(f"{folder}: tokenizer is {desc} and cannot be converted; supported: "
+                                     f"{', '.join(TOKENIZER_NAMES.values())}, or a model imported from a bundled GGUF")
+    tj = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"model": {}, "added_tokens": []}
+    model = tj["model"]
     added = {t["content"]: t for t in tj.get("added_tokens", [])}
-    for content, t in added.items():
-        vocab[content] = t["id"]
-    tokens: list[str | None] = [None] * vocab_size
-    for tok, i in vocab.items():
-        if not 0 <= i < vocab_size:
-            raise ArtifactError(f"{path}: token {tok!r} has id {i}, outside the embedding's {vocab_size} rows")
-        tokens[i] = tok
-    types = []
-    for i, tok in enumerate(tokens):
-        if tok is None:
-            tokens[i] = f"[PAD{i}]"
-            types.append(int(TokenType.UNUSED))
-        elif tok in added:
-            types.append(int(TokenType.CONTROL if added[tok].get("special") else TokenType.USER_DEFINED))
-        else:
-            types.append(int(TokenType.NORMAL))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    entries: list[Entry] = [
-        ("tokenizer.ggml.model", "gpt2", None, None),
-        ("tokenizer.ggml.pre", pre, None, None),
-        ("tokenizer.ggml.tokens", tokens, None, None),
-        ("tokenizer.ggml.token_type", types, None, None),
-    ]
-    if merges:
-        entries.append(("tokenizer.ggml.merges", merges, None, None))
+    if kind == "spm":
+        tokens, scores, types, prefix = sentencepiece_vocab(folder, tj, vocab_size)
+        entries: list[Entry] = [
+            ("tokenizer.ggml.model", "llama", None, None),
+            ("tokenizer.ggml.pre", "default", None, None),
+            ("tokenizer.ggml.tokens", tokens, None, None),
+            ("tokenizer.ggml.scores", scores, None, None),
+            ("tokenizer.ggml.token_type", types, None, None),
+            ("tokenizer.ggml.add_space_prefix", prefix, None, None),
+        ]
+        vocab = {t: i for i, t in enumerate(tokens)}
+        info = {"tokenizer_source": f"built from {'tokenizer.model' if _has_sp_model(folder) else 'tokenizer.json'} "
+                                    "(SentencePiece)"}
+    else:
+        pre = pre_tokenizer_name(tj.get("pre_tokenizer"), path)
+        vocab = dict(model["vocab"])
+        for content, t in added.items():
+            vocab[content] = t["id"]
+        tokens = _by_id(vocab, vocab_size, path)
+        types = [int(TokenType.UNUSED) if t is None else int(_added_type(added[t])) if t in added
+                 else int(TokenType.NORMAL) for t in tokens]
+        tokens = [f"[PAD{i}]" if t is None else t for i, t in enumerate(tokens)]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        entries = [
+            ("tokenizer.ggml.model", "gpt2", None, None),
+            ("tokenizer.ggml.pre", pre, None, None),
+            ("tokenizer.ggml.tokens", tokens, None, None),
+            ("tokenizer.ggml.token_type", types, None, None),
+        ]
+        if merges:
+            entries.append(("tokenizer.ggml.merges", merges, None, None))
+        info = {"tokenizer_source": "built from tokenizer.json"}
     tcfg = _read_optional_json(folder / "tokenizer_config.json")
     for role in ("bos", "eos", "unk", "pad"):
         tid = _special_id(tcfg.get(f"{role}_token"), vocab, config.get(f"{role}_token_id"))
@@ -160,7 +169,94 @@ def from_tokenizer_json(folder: Path, vocab_size: int, config: dict[str, Any]) -
     template = chat_template(folder, tcfg)
     if template:
         entries.append(("tokenizer.chat_template", template, None, None))
-    return entries, {"tokenizer_source": "built from tokenizer.json"}
+    return entries, info
+
+
+def _by_id(vocab: dict[str, int], vocab_size: int, where: Path) -> list[str | None]:
+    tokens: list[str | None] = [None] * vocab_size
+    for tok, i in vocab.items():
+        if not 0 <= i < vocab_size:
+            raise ArtifactError(f"{where}: token {tok!r} has id {i}, outside the embedding's {vocab_size} rows")
+        tokens[i] = tok
+    return tokens
+
+
+def _added_type(t: dict[str, Any]) -> TokenType:
+    return TokenType.CONTROL if t.get("special") else TokenType.USER_DEFINED
+
+
+def _has_sp_model(folder: Path) -> bool:
+    return (folder / "tokenizer.model").is_file()
+
+
+_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def sentencepiece_vocab(folder: Path, tj: dict[str, Any], vocab_size: int
+                        ) -> tuple[list[str], list[float], list[int], bool]:
+    """(tokens, scores, token types, add_space_prefix) for llama.cpp's SentencePiece tokenizer.
+
+    llama.cpp merges the adjacent pair whose joined piece has the highest score. With tokenizer.model the
+    scores are SentencePiece's own (what llama.cpp's converter reads); from a tokenizer.json BPE they are
+    minus the rank of the merge that makes each piece, which orders the merges as the BPE model applies them.
+    Byte pieces ``<0xNN>`` are BYTE (the fallback for characters outside the vocabulary), added special
+    tokens CONTROL, other added tokens USER_DEFINED, ids without a piece UNUSED."""
+    added = {t["content"]: t for t in tj.get("added_tokens", [])}
+    model = tj.get("model") or {}
+    unk = model.get("unk_token")
+    tokens: list[str | None] = [None] * vocab_size
+    scores = [-10000.0] * vocab_size
+    types = [int(TokenType.UNUSED)] * vocab_size
+    if _has_sp_model(folder):
+        try:
+            from sentencepiece import SentencePieceProcessor
+        except ImportError:
+            raise MissingBackendError("reading tokenizer.model needs sentencepiece: pip install sentencepiece") from None
+        sp = SentencePieceProcessor()
+        sp.LoadFromFile(str(folder / "tokenizer.model"))
+        for i in range(min(sp.vocab_size(), vocab_size)):
+            tokens[i], scores[i] = sp.IdToPiece(i), float(sp.GetScore(i))
+            types[i] = int(TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i) else
+                           TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else TokenType.NORMAL)
+    else:
+        rank = {}
+        for r, m in enumerate(model.get("merges", [])):
+            a, b = m.split(" ", 1) if isinstance(m, str) else m
+            rank.setdefault(a + b, r)
+        for tok, i in model.get("vocab", {}).items():
+            if 0 <= i < vocab_size:
+                tokens[i], scores[i] = tok, -float(rank.get(tok, 0))
+                types[i] = int(TokenType.UNKNOWN if tok == unk else TokenType.BYTE if _BYTE.fullmatch(tok)
+                               else TokenType.NORMAL)
+    for content, t in added.items():
+        i = t["id"]
+        if not 0 <= i < vocab_size:
+            raise ArtifactError(f"{folder}: added token {content!r} has id {i}, outside the embedding's "
+                                f"{vocab_size} rows")
+        if types[i] in (int(TokenType.UNKNOWN), int(TokenType.BYTE)) and tokens[i] == content:
+            continue  # <unk> and byte pieces keep their SentencePiece type
+        tokens[i], scores[i], types[i] = content, 0.0 if types[i] == int(TokenType.CONTROL) else -1000.0, \
+            int(_added_type(t))
+    out = [f"[PAD{i}]" if t is None else t for i, t in enumerate(tokens)]
+    return out, scores, types, _adds_space_prefix(tj)
+
+
+def _adds_space_prefix(tj: dict[str, Any]) -> bool:
+    """Whether the tokenizer puts "▁" before the text (Llama 2, Mistral: yes; Gemma: no)."""
+    text = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")])
+    if '"Prepend"' in text:
+        return True
+    for node in _walk([tj.get("pre_tokenizer")]):
+        if node.get("type") == "Metaspace":
+            return node.get("prepend_scheme", "always" if node.get("add_prefix_space", True) else "never") != "never"
+    return not tj.get("normalizer") and not tj.get("pre_tokenizer")  # bare tokenizer.model: SentencePiece's default
+
+
+def _walk(nodes):
+    for n in nodes:
+        if isinstance(n, dict):
+            yield n
+            yield from _walk(n.get("pretokenizers") or n.get("normalizers") or [])
 
 
 def pre_tokenizer_name(pt: dict | None, where: Path) -> str:
@@ -174,9 +270,13 @@ def pre_tokenizer_name(pt: dict | None, where: Path) -> str:
     if kinds == ["Split", "ByteLevel"] and not seq[1].get("use_regex", True) \
             and (seq[0].get("pattern") or {}).get("Regex") == _LLAMA3_SPLIT:
         return "llama-bpe"
+    if kinds == ["Split", "ByteLevel"] and not seq[1].get("use_regex", True) \
+            and (seq[0].get("pattern") or {}).get("Regex") == _QWEN2_SPLIT:
+        return "qwen2"  # Qwen2/2.5/3: the Llama-3 regex with single digits
     raise IncompatibleLayerError(
         f"{where}: pre-tokenizer {' + '.join(map(str, kinds)) or 'none'} has no llama.cpp equivalent known to "
-        f"compress; supported: ByteLevel (gpt-2), Digits + ByteLevel (smollm), Llama-3 Split + ByteLevel (llama-bpe)")
+        f"compress; supported: ByteLevel (gpt-2), Digits + ByteLevel (smollm), Llama-3 Split + ByteLevel (llama-bpe), "
+        f"Qwen2 Split + ByteLevel (qwen2)")
 
 
 def _special_id(token: Any, vocab: dict[str, int], fallback: Any) -> int | None:

@@ -247,7 +247,7 @@ def load_gguf_weights(model, path: Path, plan: list[TensorPlan]) -> None:
     from gguf.quants import dequantize
 
     targets = model.state_dict(keep_vars=True)
-    unexpected = [p.hf_name for p in plan if p.hf_name not in targets]
+    unexpected = [p.hf_name for p in plan if p.hf_name not in targets and p.how != "generated"]
     if unexpected:
         raise ExportMismatchError(f"{path.name}: tensors {unexpected[:3]} have no place in the PyTorch model")
     tensors = {t.name: t for t in GGUFReader(path).tensors}

@@ -1,12 +1,13 @@
-"""What differs between the decoder families the ONNX export builds: one table row per architecture.
+"""The ONNX view of the family table (:mod:`compress.families`): one :class:`ArchSpec` per row.
 
-    spec = spec_for(model.config)            # ArchSpec for "llama" or "gemma3_text"
+    spec = spec_for(model.config)            # ArchSpec for "llama", "qwen3", "phi3", "gemma3_text", ...
     dims = model_dims(model, spec)           # shapes read from the real tensors (pruned models too)
     dims.layers[0].heads, dims.layers[0].window
 
-Everything the graph builder needs to know about a family is a field here; everything about a
-particular model (head counts, widths, which layers slide) comes from its tensors and config, so a
-student with fewer layers, fewer heads or a narrower MLP needs no special case.
+Nothing here is per family: each field is computed from the row (norm offset, q/k norm, fused
+projections, activation, sliding window, attention scale). Everything about a particular model (head
+counts, widths, which layers slide) comes from its tensors and config, so a student with fewer layers,
+fewer heads or a narrower MLP needs no special case.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any, Callable
 import numpy as np
 
 from compress.errors import IncompatibleLayerError
+from compress.families import FAMILIES, Family, check_config
 
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
     name: str
+    family: Family
     norm_offset: float  # Gemma's RMSNorm multiplies by (1 + weight)
     embed_scale: bool  # Gemma multiplies embeddings by sqrt(hidden)
     qk_norm: bool  # per-head RMSNorm on q and k before rotary
@@ -32,31 +35,39 @@ class ArchSpec:
     attn_scale: Callable[[Any, int], float]
     window: Callable[[Any, int], int]  # sliding window of layer i, -1 for full attention
     rope_key: Callable[[Any, int], str]  # which rotary table layer i uses
+    qkv: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # one fused: Phi-3
+    gate_up: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj")
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return (*self.qkv, "self_attn.o_proj", *self.gate_up, "mlp.down_proj")
 
 
-def _no_window(config, i: int) -> int:
-    return -1
+def _window(fam: Family) -> Callable[[Any, int], int]:
+    if fam.window == "layer_types":
+        return lambda c, i: int(c.sliding_window) if c.layer_types[i] == "sliding_attention" else -1
+    if fam.window == "all":
+        return lambda c, i: int(c.sliding_window) if getattr(c, "sliding_window", None) else -1
+    return lambda c, i: -1
 
 
-def _gemma_window(config, i: int) -> int:
-    return int(config.sliding_window) if config.layer_types[i] == "sliding_attention" else -1
+def _attn_scale(fam: Family) -> Callable[[Any, int], float]:
+    if fam.attn_scale_key:
+        return lambda c, d, key=fam.attn_scale_key: float(getattr(c, key)) ** -0.5
+    return lambda c, d: d ** -0.5
 
 
-ARCHS: dict[str, ArchSpec] = {
-    "llama": ArchSpec(
-        name="llama", norm_offset=0.0, embed_scale=False, qk_norm=False,
-        norms={"input": "input_layernorm", "post_attn": None, "pre_mlp": "post_attention_layernorm",
-               "post_mlp": None},
-        activation_key="hidden_act", activations={"silu": "silu"},
-        attn_scale=lambda c, d: d ** -0.5, window=_no_window, rope_key=lambda c, i: "default"),
-    "gemma3_text": ArchSpec(
-        name="gemma3_text", norm_offset=1.0, embed_scale=True, qk_norm=True,
-        norms={"input": "input_layernorm", "post_attn": "post_attention_layernorm",
-               "pre_mlp": "pre_feedforward_layernorm", "post_mlp": "post_feedforward_layernorm"},
-        activation_key="hidden_activation", activations={"gelu_pytorch_tanh": "gelu_tanh"},
-        attn_scale=lambda c, d: float(c.query_pre_attn_scalar) ** -0.5, window=_gemma_window,
-        rope_key=lambda c, i: c.layer_types[i]),
-}
+def spec_of(fam: Family) -> ArchSpec:
+    per_type = fam.window == "layer_types"
+    return ArchSpec(
+        name=fam.model_types[0], family=fam, norm_offset=fam.norm_offset, embed_scale=fam.embed_scale,
+        qk_norm=fam.qk_norm, norms=fam.norms, activation_key=fam.activation_key, activations=dict(fam.activations),
+        attn_scale=_attn_scale(fam), window=_window(fam),
+        rope_key=(lambda c, i: c.layer_types[i]) if per_type else (lambda c, i: "default"),
+        qkv=fam.qkv, gate_up=fam.gate_up)
+
+
+ARCHS: dict[str, ArchSpec] = {f.model_types[0]: spec_of(f) for f in FAMILIES}
 SUPPORTED = tuple(ARCHS)
 
 
@@ -80,6 +91,8 @@ class ModelDims:
     max_positions: int
     final_softcap: float | None
     layers: tuple[LayerDims, ...]
+    linears: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # module suffixes per layer
 
 
 def spec_for(config) -> ArchSpec:
@@ -88,7 +101,9 @@ def spec_for(config) -> ArchSpec:
     if kind not in ARCHS:
         raise IncompatibleLayerError(f"model_type {kind!r}: the ONNX export does not support this architecture; "
                                      f"supported: {', '.join(SUPPORTED)}")
-    return ARCHS[kind]
+    spec = ARCHS[kind]
+    check_config(spec.family, config.to_dict() if hasattr(config, "to_dict") else dict(config), "config.json")
+    return spec
 
 
 def model_dims(model, spec: ArchSpec) -> ModelDims:
@@ -107,18 +122,21 @@ def model_dims(model, spec: ArchSpec) -> ModelDims:
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads)
     layers = []
     for i, layer in enumerate(model.model.layers):
-        attn = layer.self_attn
-        q_rows, k_rows = attn.q_proj.weight.shape[0], attn.k_proj.weight.shape[0]
-        if q_rows % head_dim or k_rows % head_dim or attn.v_proj.weight.shape[0] != k_rows:
+        rows = [int(layer.get_submodule(m).weight.shape[0]) for m in spec.qkv]
+        if len(rows) == 1:  # fused q/k/v (Phi-3): the query heads from the config, k and v equal parts
+            q = int(cfg.num_attention_heads) * head_dim
+            rows = [q, (rows[0] - q) // 2, (rows[0] - q) // 2]
+        q_rows, k_rows, v_rows = rows
+        if q_rows % head_dim or k_rows % head_dim or v_rows != k_rows or k_rows <= 0:
             raise IncompatibleLayerError(
-                f"model.layers.{i}.self_attn: q/k/v rows ({q_rows}, {k_rows}, {attn.v_proj.weight.shape[0]}) are "
+                f"model.layers.{i}.self_attn: q/k/v rows ({q_rows}, {k_rows}, {v_rows}) are "
                 f"not whole heads of head_dim {head_dim}")
         heads, kv = q_rows // head_dim, k_rows // head_dim
         if heads % kv:
             raise IncompatibleLayerError(f"model.layers.{i}.self_attn: {heads} query heads do not share {kv} KV heads "
                                          "evenly")
-        layers.append(LayerDims(heads, kv, int(layer.mlp.gate_proj.weight.shape[0]), spec.window(cfg, i),
-                                spec.rope_key(cfg, i)))
+        ff = int(layer.get_submodule(spec.gate_up[0]).weight.shape[0]) // (2 if len(spec.gate_up) == 1 else 1)
+        layers.append(LayerDims(heads, kv, ff, spec.window(cfg, i), spec.rope_key(cfg, i)))
     if head_dim % 16:
         # onnxruntime's CPU GroupQueryAttention kernel works on 16-wide vectors
         raise IncompatibleLayerError(f"config.head_dim: {head_dim} is not a multiple of 16, which onnxruntime's "
@@ -126,7 +144,8 @@ def model_dims(model, spec: ArchSpec) -> ModelDims:
     return ModelDims(hidden=hidden, head_dim=head_dim, vocab=int(emb.shape[0]), eps=float(cfg.rms_norm_eps),
                      tied=head is not None and head.weight is emb, activation=spec.activations[act],
                      max_positions=int(cfg.max_position_embeddings),
-                     final_softcap=getattr(cfg, "final_logit_softcapping", None), layers=tuple(layers))
+                     final_softcap=getattr(cfg, "final_logit_softcapping", None), layers=tuple(layers),
+                     linears=spec.linears)
 
 
 def rope_tables(model, dims: ModelDims, length: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -98,7 +98,8 @@ class _Builder:
 
     def attention(self, i: int, x: str, seqlens: str, total: str, rope: dict[str, tuple[str, str]]) -> str:
         p, ld = f"model.layers.{i}.self_attn", self.dims.layers[i]
-        qkv_names = [f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"]
+        # q, k, v as the family holds them: three modules, or one fused (Phi-3's qkv_proj) taken as is
+        qkv_names = [f"model.layers.{i}.{m}" for m in self.spec.qkv]
         fused = _fusable([self.plan.linears[n] for n in qkv_names])
         if fused:
             qkv = self.linear(x, qkv_names, f"layers.{i}.attn.qkv_proj")
@@ -124,7 +125,7 @@ class _Builder:
 
     def mlp(self, i: int, x: str) -> str:
         p, ld = f"model.layers.{i}.mlp", self.dims.layers[i]
-        names = [f"{p}.gate_proj", f"{p}.up_proj"]
+        names = [f"model.layers.{i}.{m}" for m in self.spec.gate_up]  # one fused (Phi-3): gate rows first
         if _fusable([self.plan.linears[n] for n in names]):
             gu = self.linear(x, names, f"layers.{i}.mlp.gate_up_proj")
             gate, up = self.g.node("Split", [gu, self.g.const([ld.intermediate, ld.intermediate])], 2,

@@ -136,7 +136,7 @@ def make_plan(src: WeightSource, dims: ModelDims, cfg: OnnxConfig) -> Plan:
     linears: dict[str, Choice] = {}
     post = None
     for i in range(len(dims.layers)):
-        for suffix in LINEARS:
+        for suffix in dims.linears:  # the family's modules (Phi-3: fused qkv_proj, gate_up_proj)
             name = f"model.layers.{i}.{suffix}"
             linears[name] = _linear_choice(src, name, cfg, precision, quantized)
     if any(c.kind == "ort-nbits" for c in linears.values()):
