@@ -147,3 +147,40 @@ def test_the_gguf_export_source_reads_through_the_same_reader():
     from compress.quantize import format as fmt
 
     assert source.QuantizedWeight is fmt.QuantizedWeight
+
+
+def _ggml_q5(q: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+    """ggml Q5_0 / Q5_1 blocks from the spec: fp16 d (fp16 m), 32 fifth bits in qh, low nibbles j | j+16."""
+    rows, cols = q.shape
+    q = q.reshape(-1, 32).astype(np.uint8)
+    qh = np.zeros(len(q), dtype=np.uint32)
+    for j in range(32):
+        qh |= ((q[:, j] >> 4) & 1).astype(np.uint32) << np.uint32(j)
+    ql = q & 0x0F
+    parts = [np.asarray(d, np.float16).reshape(-1, 1).view(np.uint8)]
+    if m is not None:
+        parts.append(np.asarray(m, np.float16).reshape(-1, 1).view(np.uint8))
+    parts += [qh.astype("<u4").reshape(-1, 1).view(np.uint8), ql[:, :16] | (ql[:, 16:] << 4)]
+    return np.concatenate(parts, axis=1).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int5_groups_of_64_are_ggml_q5_blocks_with_the_scale_repeated(tmp_path, symmetric):
+    """FORMAT.md's exporter note, checked against gguf-py's own dequantization: symmetric int5 is Q5_0
+    exactly; asymmetric is Q5_1 with d = s, m = -s*z, exact up to float16 rounding of m."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    torch.manual_seed(5)
+    w = torch.randn(3, 128)
+    write_artifact(tmp_path / "a", {"x": (w, Grid(5, 64, symmetric))})
+    qw = open_quantized(tmp_path / "a").quantized("x")
+    d = np.repeat(qw.scales, 2, axis=1)  # each 64-group is two 32-blocks
+    if symmetric:
+        got = dequantize(_ggml_q5(qw.integers(), d, None), Q.Q5_0)
+        assert np.array_equal(got, qw.dequantize())
+    else:
+        m = np.repeat(-(qw.scales.astype(np.float32) * qw.zero_points()), 2, axis=1)
+        got = dequantize(_ggml_q5(qw.integers(), d, m.astype(np.float16)), Q.Q5_1)
+        tol = np.repeat(np.abs(m), 32, axis=1) * 2.0 ** -11 + 1e-7
+        assert (np.abs(got - qw.dequantize()) <= tol).all()
