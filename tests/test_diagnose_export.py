@@ -1,0 +1,63 @@
+"""diagnose on exports: a GGUF with a deliberately corrupted tensor is blamed on the export, and the tensor
+is named; a faithful export is blamed on the quantizer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_diagnose import one_bad_layer
+
+CORRUPT = "blk.0.attn_v.weight"  # model.layers.0.self_attn.v_proj
+
+
+def corrupt_gguf_tensor(export_dir: Path, gguf_name: str, seed: int = 0) -> None:
+    """Overwrite the integer bytes of ``gguf_name``'s Q4_0/Q8_0 blocks (scales kept) in place."""
+    from gguf import GGMLQuantizationType as Q, GGUFReader
+
+    from runtimes.llama_cpp_runtime import gguf_path
+
+    reader = GGUFReader(gguf_path(export_dir), "r+")
+    t = next(x for x in reader.tensors if x.name == gguf_name)
+    block = {Q.Q4_0: 18, Q.Q8_0: 34}[t.tensor_type]
+    blocks = t.data.reshape(-1, block)
+    blocks[:, 2:] = np.random.default_rng(seed).integers(0, 256, size=blocks[:, 2:].shape, dtype=np.uint8)
+    reader.data.flush()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    from export.gguf import GGUFConfig, export_gguf
+
+    root = tmp_path_factory.mktemp("diagx")
+    ref, bad = one_bad_layer(root)
+    good = root / "int4"  # the artifact one_bad_layer coarsened a copy of
+    gguf = export_gguf(str(good), GGUFConfig(qtype="Q4_0", check_tokens=64), root / "gguf").parent
+    broken = root / "gguf-broken"
+    shutil.copytree(gguf, broken)
+    corrupt_gguf_tensor(broken, CORRUPT)
+    return gguf, broken
+
+
+def test_corrupted_export_tensor_is_blamed_on_the_export_and_named(exports):
+    from compress.diagnose import DiagnoseConfig, diagnose, headline
+
+    r = diagnose(exports[1], DiagnoseConfig(tokens=128, threads=1, granularity="block"))
+    ex = r["export"]
+    assert ex["blame"] == "export" and ex["runtime"] == "llama.cpp"
+    assert ex["kl_export"] > ex["kl_quantizer"]
+    differs = ex["tensors"]["differs"]
+    assert [d["gguf"] for d in differs] == [CORRUPT]
+    assert differs[0]["tensor"] == "model.layers.0.self_attn.v_proj.weight"
+    assert "the export" in headline(r) and "model.layers.0.self_attn.v_proj" in headline(r)
+
+
+def test_faithful_export_is_blamed_on_the_quantizer(exports):
+    from compress.diagnose import DiagnoseConfig, diagnose
+
+    r = diagnose(exports[0], DiagnoseConfig(tokens=128, threads=1, granularity="block"))
+    assert r["export"]["blame"] == "quantizer"
+    assert r["export"]["tensors"]["differs"] == []
