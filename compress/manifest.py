@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -31,6 +30,7 @@ from typing import Any, Iterable
 
 from .config import StageConfig
 from .errors import ArtifactError
+from .manifest_schema import check_types, unique_keys  # noqa: F401 - unique_keys is used by readers of JSON
 from .outputs import check_no_overlap, sweep_stale_temps, temp_name
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
         m = Manifest(**raw)
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"{mf}: corrupt manifest ({str(e).splitlines()[0]})") from None
-    _check_types(m, mf)
+    check_types(m, mf)
     if check_files:
         for name, size in m.files.items():
             f = d / name
@@ -123,53 +123,6 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
             if actual != size:
                 raise ArtifactError(f"{f}: corrupt artifact, {actual} bytes but the manifest says {size}")
     return m
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A json ``object_pairs_hook`` refusing a key given twice (json keeps the last one silently)."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {k!r} given twice")
-        out[k] = v
-    return out
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# field -> (check, what it must be); a manifest someone edited by hand must fail here, in one line,
-# not as a traceback in whichever command reads the field later
-_FIELD_TYPES: dict[str, tuple[Any, str]] = {
-    "stage": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "config": (lambda v: isinstance(v, dict), "an object"),
-    "input_id": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "content_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-                 "an object of version strings"),
-    "git_revision": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "wall_time_s": (lambda v: _is_num(v) and math.isfinite(v) and v >= 0, "a number of seconds"),
-    "report": (lambda v: isinstance(v, dict), "an object"),
-    "files": (lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and _is_num(n) and isinstance(n, int) and n >= 0 for k, n in v.items()),
-        "an object of file name -> size in bytes"),
-    "created": (lambda v: isinstance(v, str), "a string"),
-    "schema": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-}
-
-
-def _check_types(m: Manifest, mf: Path) -> None:
-    for name, (ok, what) in _FIELD_TYPES.items():
-        value = getattr(m, name)
-        if not ok(value):
-            shown = json.dumps(value, default=str)
-            raise ArtifactError(f"{mf}: corrupt manifest, {name!r} must be {what}, got "
-                                f"{shown[:60] + '...' if len(shown) > 60 else shown}")
-    for name in m.files:  # listed files stay inside the artifact: no absolute paths, no '..'
-        rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts or name in ("", "."):
-            raise ArtifactError(f"{mf}: corrupt manifest, file {name!r} is not a path inside the artifact")
 
 
 def is_complete(path: str | Path, content: str | None = None) -> bool:
@@ -261,11 +214,33 @@ def check_writable_target(out_dir: Path, *, force: bool, inputs: Iterable[str | 
             if not force:
                 raise ArtifactError(f"{out_dir}: output directory exists and is not empty (use --force to replace it)")
             try:
-                read_manifest(out_dir, check_files=False)  # a truncated weight file of ours may still be replaced
+                m = read_manifest(out_dir, check_files=False)  # a truncated weight file of ours may still be replaced
             except ArtifactError:
                 raise ArtifactError(f"{out_dir}: output directory is not a compress artifact (no readable "
                                     f"{MANIFEST}); --force only replaces what compress wrote, so it is left "
                                     "untouched - choose another --out or empty it yourself") from None
+            foreign = _files_not_ours(out_dir, m)
+            if foreign:
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise ArtifactError(f"{out_dir}: holds files compress did not write ({', '.join(foreign[:3])}{more}); "
+                                    "--force would delete them, so the artifact is left untouched - move them "
+                                    "out or choose another --out")
+
+
+# folders a later command writes into a finished artifact of a stage (``compress report`` into a bench run)
+_DERIVED = {"bench": ("report/",)}
+
+
+def _files_not_ours(out_dir: Path, m: Manifest) -> list[str]:
+    """Files (and links) in our artifact that its manifest does not list: someone else put them there."""
+    derived = _DERIVED.get(m.stage, ())
+    out = []
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_symlink() or p.is_file():
+            rel = p.relative_to(out_dir).as_posix()
+            if rel != MANIFEST and rel not in m.files and not rel.startswith(derived):
+                out.append(rel)
+    return out
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -45,6 +45,8 @@ Cases:
 67. eval: a truncated tokenizer.json names the file
 68. quantize/eval --save-config and check --update-baseline pointing inside an input: refused (the
     model's own config.json, the run's rows.jsonl were overwritten)
+69. export --force onto one of our artifacts that also holds a file of the user's: refused, untouched
+70. run: the recipe's model is a prune artifact where its prune stage writes: refused, untouched
 """
 
 from __future__ import annotations
@@ -445,3 +447,29 @@ def test_68_save_config_over_an_input_file_refused(model, bench_run, tmp_path, r
     fails(run_cli("check", bench_run, "--baseline", bench_run / "rows.jsonl", "--update-baseline"),
           "rows.jsonl: the --baseline file lies inside the input", "choose another --baseline")
     assert snapshot(model, bench_run) == before
+
+
+def test_69_force_keeps_an_artifact_holding_files_we_did_not_write(qart, tiny, run_cli):
+    (qart / "my-notes.txt").write_text("results of a week")
+    before = snapshot(qart)
+    fails(run_cli("export", tiny, "--format", "gguf", "--qtype", "F32", "--out", qart, "--force"),
+          "holds files compress did not write (my-notes.txt)", "left untouched")
+    assert snapshot(qart) == before
+
+
+def test_70_run_stage_output_is_the_recipe_model(student_copy, tmp_path, run_cli):
+    work = tmp_path / "work"
+    model = work / "prune-p"  # the recipe's model is a prune artifact sitting where its prune stage writes
+    work.mkdir()
+    student_copy.rename(model)
+    before = snapshot(model)
+    r = recipe_file(tmp_path, model, work, prune={"name": "p", "method": "depth", "layers": 1, "samples": 4,
+                                                  "seq_len": 64, "eval_tokens": 0})
+    fails(run_cli("run", r), "the output is the input")
+    assert snapshot(model) == before
+
+
+def recipe_file(tmp_path: Path, model: Path, work: Path, **sections) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump({"model": str(model), "work_dir": str(work), **sections}))
+    return p
