@@ -205,6 +205,11 @@ def check_writable_target(out_dir: Path, *, force: bool, inputs: Iterable[str | 
     ``LABEL=PATH``): the output may not equal, contain or lie inside one. An existing non-empty output
     is replaced only with ``force``, and only when it is one of our artifacts (a readable manifest):
     a folder of the user's own files is never removed, whatever the flags."""
+    try:  # found only after writing a whole GGUF before, and blamed on the file
+        str(out_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(out_dir)).decode("utf-8", "backslashreplace")
+        raise ArtifactError(f"{shown}: the output path is not valid UTF-8; choose a name in UTF-8") from None
     check_no_overlap(out_dir, inputs)
     out_dir = Path(out_dir)
     if out_dir.exists():

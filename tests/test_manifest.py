@@ -192,3 +192,32 @@ def test_content_id_changes_with_the_code_release(monkeypatch):
     base = content_id("eval", EvalConfig(), "dir:1")
     monkeypatch.setattr(compress, "__version__", "999.0")
     assert content_id("eval", EvalConfig(), "dir:1") != base
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_writer_refuses_safetensors_with_non_finite_values(tmp_path, dtype, bad, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from compress.errors import NonFiniteError
+
+    out = tmp_path / "art"
+    monkeypatch.setattr("compress.finite._CHUNK", 64)  # the bad value sits many reads into the tensor
+    w = torch.zeros(3, 700, dtype=getattr(torch, dtype))
+    w[2, 699] = bad
+    with pytest.raises(NonFiniteError, match=r"model.safetensors: tensor 'b.weight' holds NaN or infinite"):
+        with ArtifactWriter(out, stage="test", config=EvalConfig(), input_id=None) as art:
+            save_file({"a.weight": torch.ones(4, dtype=getattr(torch, dtype)), "b.weight": w},
+                      str(art.path / "model.safetensors"))
+    assert _entries(tmp_path) == []
+
+
+def test_writer_keeps_finite_extremes(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    with ArtifactWriter(tmp_path / "art", stage="test", config=EvalConfig(), input_id=None) as art:
+        save_file({"w": torch.tensor([65504.0, -65504.0, 0.0], dtype=torch.float16),
+                   "i": torch.tensor([-1, 2**31 - 1], dtype=torch.int32)}, str(art.path / "model.safetensors"))
+    assert is_complete(tmp_path / "art")

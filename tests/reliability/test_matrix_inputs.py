@@ -47,6 +47,8 @@ Cases:
     model's own config.json, the run's rows.jsonl were overwritten)
 69. export --force onto one of our artifacts that also holds a file of the user's: refused, untouched
 70. run: the recipe's model is a prune artifact where its prune stage writes: refused, untouched
+71. export: an --out name that is not UTF-8: refused before any work, naming it (was found after
+    writing the whole GGUF, and blamed on the file)
 """
 
 from __future__ import annotations
@@ -473,3 +475,10 @@ def recipe_file(tmp_path: Path, model: Path, work: Path, **sections) -> Path:
     p = tmp_path / "recipe.yaml"
     p.write_text(yaml.safe_dump({"model": str(model), "work_dir": str(work), **sections}))
     return p
+
+
+def test_71_out_name_not_utf8_refused_before_any_work(tiny, tmp_path, run_cli):
+    out = tmp_path / os.fsdecode(b"caf\xe9")
+    fails(run_cli("export", tiny, "--format", "gguf", "--qtype", "F32", "--out", out),
+          "caf\\xe9: the output path is not valid UTF-8")
+    assert sorted(os.listdir(tmp_path)) == []
