@@ -6,8 +6,13 @@
     # out_dir now exists, with manifest.json written last
 
 The writer fills a hidden sibling ``.NAME.tmp-PID-XXXXXXXX`` (NAME shortened to keep the name legal)
-and renames it into place only after the manifest is written, so a crash, Ctrl-C or kill -9 never leaves a directory under the final name. The
-manifest records file sizes, so a truncated file is caught when the artifact is read back.
+and renames it into place only after the manifest is written, so a crash, Ctrl-C or kill -9 never
+leaves a directory under the final name. The manifest records file sizes, so a truncated file is
+caught when the artifact is read back.
+
+Before any work the output is checked against the stage's inputs (:func:`check_writable_target`):
+it may not be, hold or sit inside one, and ``force`` replaces only one of our own artifacts holding
+nothing but what its manifest lists.
 """
 
 from __future__ import annotations
