@@ -50,7 +50,8 @@ class Family:
     - ``window``: "none", "all" (``sliding_window`` on every layer) or "layer_types" (Gemma 3).
     - ``tokenizers``: tokenizer kinds accepted, "bpe" (byte-level BPE) and "spm" (SentencePiece-style).
     - ``gguf_keys``: groups of GGUF hyper-parameters written besides the common ones (see
-      export.gguf.hparams); ``awq``: which AWQ folds apply; ``prune_width``: None or why not.
+      export.gguf.hparams); ``gguf_q_is_square``: llama.cpp's graph takes q as hidden x hidden; ``awq``:
+      which AWQ folds apply; ``prune_width``: None or why not.
     """
 
     name: str
@@ -73,6 +74,8 @@ class Family:
     tied_default: bool = False
     tokenizers: tuple[str, ...] = ("bpe", "spm")
     gguf_keys: tuple[str, ...] = ("rope",)
+    # llama.cpp's graph for gguf_arch takes q as hidden x hidden (qwen2): fewer query heads cannot be exported
+    gguf_q_is_square: bool = False
     awq: str = "all folds: norm -> q/k/v and gate/up, v -> o, up -> down"
     prune_width: str | None = None
     notes: str = ""
@@ -113,7 +116,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("mistral", ("MistralForCausalLM",), ("mistral",), "llama", rope_permute=True, window="all",
            notes="llama.cpp runs mistral as llama and does not apply sliding_window (same within the window)"),
     Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "qwen2", rope_permute=False, attn_bias="qkv",
-           notes="Qwen2/2.5; use_sliding_window is refused"),
+           gguf_q_is_square=True,
+           notes="Qwen2/2.5; use_sliding_window is refused; GGUF refuses fewer query heads (llama.cpp's qwen2 "
+                 "graph takes q as hidden x hidden): prune MLP channels and KV heads only, or export ONNX"),
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "qwen3", rope_permute=False, qk_norm=True, attn_bias="none",
            gguf_keys=("rope", "head_dims"), notes="head_dim is not hidden/heads"),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), "phi3", rope_permute=False,

@@ -156,9 +156,33 @@ def family_model(family: str, seed: int = 0, **overrides):
     return model
 
 
-# Tokens a family's runtime looks for by text: llama.cpp gives Phi-3 vocabularies (a model whose name says
-# phi3) per-token attributes keyed by "<|endoftext|>", and refuses the file without it.
-FAMILY_SPECIALS: dict[str, tuple[str, ...]] = {"phi3": ("<|endoftext|>", "<|end|>")}
+# Each family's chat markers (special tokens, as in the real vocabularies) and a chat template of its shape.
+# llama.cpp also looks some up by text: it gives Phi-3 vocabularies (a model whose name says phi3) per-token
+# attributes keyed by "<|endoftext|>", and refuses the file without it.
+FAMILY_SPECIALS: dict[str, tuple[str, ...]] = {
+    "llama": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "mistral": ("[INST]", "[/INST]"),
+    "qwen2": ("<|im_start|>", "<|im_end|>"),
+    "qwen3": ("<|im_start|>", "<|im_end|>"),
+    "phi3": ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    "gemma3": ("<start_of_turn>", "<end_of_turn>"),
+}
+_CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+FAMILY_TEMPLATES: dict[str, str] = {
+    "llama": ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+              "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"),
+    "mistral": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"),
+    "qwen2": _CHATML,
+    "qwen3": _CHATML,
+    "phi3": ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
+    "gemma3": ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
+               "else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}"
+               "<start_of_turn>model\n{% endif %}"),
+}
 
 
 # The tokenizer kind each family's real models ship: byte-level BPE with the family's pre-tokenizer, or a
@@ -170,8 +194,10 @@ FAMILY_TOKENIZERS = {"llama": "llama-bpe", "mistral": "spm", "qwen2": "qwen2", "
 def family_tokenizer(family: str):
     """The tokenizer the tiny model of ``family`` is saved with."""
     kind = FAMILY_TOKENIZERS[family]
-    return build_tokenizer(add_bos=kind.startswith("spm"), extra_specials=FAMILY_SPECIALS.get(family, ()), kind=kind,
-                           vocab=FAMILY_CONFIGS[family][1]["vocab_size"])
+    tok = build_tokenizer(add_bos=kind.startswith("spm"), extra_specials=FAMILY_SPECIALS.get(family, ()), kind=kind,
+                          vocab=FAMILY_CONFIGS[family][1]["vocab_size"])
+    tok.chat_template = FAMILY_TEMPLATES[family]
+    return tok
 
 
 def save_family(path: Path, family: str, seed: int = 0, **overrides) -> Path:

@@ -114,6 +114,11 @@ def arch_metadata(spec: ArchSpec, cfg: dict[str, Any], dims: Dims, where: str) -
         f"{a}.attention.layer_norm_rms_epsilon": eps,
         f"{a}.vocab_size": dims.vocab,
     }
+    if fam.gguf_q_is_square and dims.head_dim * dims.n_head != dims.hidden:
+        raise IncompatibleLayerError(
+            f"{where}: {dims.n_head} query heads of {dims.head_dim} ({dims.n_head * dims.head_dim} rows) for hidden "
+            f"{dims.hidden}; llama.cpp's {a} graph takes q as hidden x hidden, so a {fam.name} model with fewer query "
+            f"heads has no GGUF form (prune MLP channels and KV heads only, or export ONNX)")
     if dims.head_dim * dims.n_head != dims.hidden:
         # llama.cpp assumes head_dim = hidden / heads unless told (Qwen3; fewer heads after pruning)
         md[f"{a}.attention.key_length"] = dims.head_dim

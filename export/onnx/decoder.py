@@ -9,7 +9,8 @@ projection of the prompt; a required input, because onnxruntime folds an initial
 
 Per layer, as onnxruntime-genai builds it: SkipSimplifiedLayerNormalization (residual add + RMSNorm in
 one op), one MatMul/MatMulNBits for q, k and v together, GroupQueryAttention (rotary from cos/sin tables,
-KV cache concatenation, grouped heads, sliding window), one for gate and up, QuickGelu(alpha=1) = SiLU
+KV cache concatenation, grouped heads, sliding window), one for gate and up (Phi-3's fused qkv_proj and
+gate_up_proj are taken as they are), QuickGelu(alpha=1) = SiLU
 or FastGelu (tanh form) for the activation. Gemma's per-head q/k RMSNorm is Reshape ->
 SimplifiedLayerNormalization -> Reshape before attention; its (1 + weight) is folded into the weights.
 """
