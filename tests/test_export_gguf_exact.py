@@ -357,7 +357,8 @@ def test_dry_run_shows_each_tensors_type_and_how(run_cli, tmp_path):
     art = grid_artifact(memorized_tiny("llama", **WIDE), tmp_path / "mixed", CASES["mixed"])
     rc, out, err = run_cli("export", art, "--format", "gguf", "--out", tmp_path / "x", "--dry-run")
     assert rc == 0, err
-    lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith(("blk.", "token_embd", "output"))}
+    names = ("blk.", "token_embd", "output")
+    lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith(names)}
     assert lines["blk.0.attn_q.weight"][:2] == ["Q4_0", "exact"] and "int4" in lines["blk.0.attn_q.weight"]
     assert lines["blk.1.ffn_up.weight"][:2] == ["Q5_1", "exact"]
     assert lines["blk.1.ffn_down.weight"][:2] == ["Q8_0", "exact"]

@@ -183,14 +183,16 @@ def carry_notes(plan: list[TensorPlan], cfg: GGUFConfig, qtype: str) -> list[str
     exact = [t for t in plan if t.how == "exact"]
     if exact:
         kinds = Counter(f"{t.source.split(' (')[0]} -> {t.qtype.name}" for t in exact)
-        notes.append(f"{len(exact)} quantized layers carried exactly ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
+        what = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        notes.append(f"{len(exact)} quantized layers carried exactly ({what})")
     deq = [t for t in plan if t.how == "dequantized"]
     if deq:
         notes.append(f"{len(deq)} quantized layers written as {deq[0].qtype.name} floats"
                      + (" (exact)" if deq[0].qtype.name == "F32" else " (the products rounded to it)"))
     quantized = [t for t in plan if t.how == "quantized"]
     if quantized:
-        notes.append(f"{len(quantized)} float tensors rounded to {', '.join(sorted({t.qtype.name for t in quantized}))}")
+        into = ", ".join(sorted({t.qtype.name for t in quantized}))
+        notes.append(f"{len(quantized)} float tensors rounded to {into}")
     fallback = [t for t in plan if t.how == "fallback"]
     if fallback:
         notes.append(f"{len(fallback)} tensors have rows that are not whole 32-wide blocks and are stored F16")
