@@ -33,9 +33,9 @@ def input_paths(spec: str | Path | None) -> list[Path]:
         return []
     s = str(spec)
     p = Path(s).expanduser()
-    if not p.exists() and "=" in s:  # bench's LABEL=PATH
+    if not p.exists() and "=" in s and not isinstance(spec, Path):  # bench's LABEL=PATH
         return input_paths(s.partition("=")[2])
-    if p.exists() or p.is_symlink():
+    if p.exists() or p.is_symlink() or isinstance(spec, Path):  # a Path is a place even before it exists
         found = [p.resolve()]
         if p.is_dir():  # a snapshot folder of links (the hub cache's layout): the files they point at count too
             try:
@@ -57,17 +57,17 @@ def input_paths(spec: str | Path | None) -> list[Path]:
 
 
 def check_no_overlap(out_dir: str | Path, inputs: Iterable[str | Path | None], *, what: str = "output",
-                     option: str = "--out") -> None:
+                     option: str = "--out", against: str = "input") -> None:
     """Raise ArtifactError when ``out_dir`` equals, contains or lies inside one of ``inputs``."""
     out = Path(out_dir).expanduser().resolve()
     for spec in inputs:
         for inp in input_paths(spec):
             if out == inp:
-                rel = "is the input"
+                rel = f"is the {against}"
             elif inp.is_relative_to(out):
-                rel = "contains the input"
+                rel = f"contains the {against}"
             elif out.is_relative_to(inp):
-                rel = "lies inside the input"
+                rel = f"lies inside the {against}"
             else:
                 continue
             shown = f" {spec} ({inp})" if str(spec) != str(inp) else f" {inp}"

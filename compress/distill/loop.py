@@ -104,7 +104,8 @@ def distill(cfg: DistillConfig, out_dir: str | Path, *, resume: bool = False, fo
     inputs = (cfg.teacher, cfg.student, cfg.data, cfg.eval_data)
     check_writable_target(out, force=force, inputs=inputs)
     # --force clears the checkpoint folder's step-* folders: it may not be, hold or sit in an input or the output
-    check_no_overlap(ck.path, (*inputs, out), what="checkpoint directory")
+    check_no_overlap(ck.path, inputs, what="checkpoint directory", option="--checkpoint-dir")
+    check_no_overlap(ck.path, [out], what="checkpoint directory", option="--checkpoint-dir", against="output")
     ck.check_writable()
     if ck.steps() and not resume:
         if not force:

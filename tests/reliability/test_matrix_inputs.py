@@ -49,6 +49,8 @@ Cases:
 70. run: the recipe's model is a prune artifact where its prune stage writes: refused, untouched
 71. export: an --out name that is not UTF-8: refused before any work, naming it (was found after
     writing the whole GGUF, and blamed on the file)
+72. distill: --checkpoint-dir on an input (--force would clear it) or equal to --out (the whole run
+    trained, then the artifact was refused): refused before training
 """
 
 from __future__ import annotations
@@ -482,3 +484,14 @@ def test_71_out_name_not_utf8_refused_before_any_work(tiny, tmp_path, run_cli):
     fails(run_cli("export", tiny, "--format", "gguf", "--qtype", "F32", "--out", out),
           "caf\\xe9: the output path is not valid UTF-8")
     assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_72_distill_checkpoint_dir_on_an_input_or_the_output(where, tiny, student_copy, tmp_path, run_cli):
+    out = tmp_path / "kd-out"
+    ck = student_copy if where == "input" else out
+    before = snapshot(student_copy)
+    fails(run_cli("distill", "--teacher", tiny, "--student", student_copy, "--steps", "2", "--seq-len", "32",
+                  "--batch", "2", "--eval-tokens", "0", "--checkpoint-dir", ck, "--out", out, "--force"),
+          f"the checkpoint directory is the {where}", "choose another --checkpoint-dir")
+    assert snapshot(student_copy) == before and not out.exists()
