@@ -240,6 +240,9 @@ def _embedding_choice(src: WeightSource, dims: ModelDims, cfg: OnnxConfig, preci
             block = nbits_block(qw.group_size)
             if block is not None:
                 return Choice("gbq", qw, block), False
+            log.warning("embeddings: group size %d has no GatherBlockQuantized block; dequantized to float32",
+                        qw.group_size)
+            return Choice("float32", note=f"group {qw.group_size} has no block: dequantized, float32"), False
         elif not cfg.requantize:
             raise ConfigError(f"export-onnx.embeddings: {want}, but the artifact already holds int{qw.bits} "
                               "integers for them; use --embeddings auto (its own) or float, or --requantize to "
