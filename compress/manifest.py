@@ -195,7 +195,11 @@ class ArtifactWriter:
             check_writable_target(self.out_dir, force=self.force, inputs=self.inputs)  # still ours, still no input
             trash = temp_name(self.out_dir, ".old-", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
             os.rename(self.out_dir, trash)
-            os.rename(self.path, self.out_dir)
+            try:
+                os.rename(self.path, self.out_dir)
+            except BaseException:  # the previous artifact goes back: a failed --force never loses it
+                os.rename(trash, self.out_dir)
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(self.path, self.out_dir)

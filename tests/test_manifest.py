@@ -221,3 +221,22 @@ def test_writer_keeps_finite_extremes(tmp_path):
         save_file({"w": torch.tensor([65504.0, -65504.0, 0.0], dtype=torch.float16),
                    "i": torch.tensor([-1, 2**31 - 1], dtype=torch.int32)}, str(art.path / "model.safetensors"))
     assert is_complete(tmp_path / "art")
+
+
+def test_failed_swap_under_force_puts_the_previous_artifact_back(tmp_path, monkeypatch):
+    import compress.manifest as manifest
+
+    out = tmp_path / "art"
+    _write(out, cfg=EvalConfig(window=64, stride=64))
+    before = read_manifest(out)
+    real = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(src).startswith(".art.tmp-"):  # the new artifact cannot move into place
+            raise OSError(5, "Input/output error", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(manifest.os, "rename", rename)
+    with pytest.raises(OSError):
+        _write(out, force=True)
+    assert read_manifest(out) == before and _entries(tmp_path) == ["art"]

@@ -51,6 +51,7 @@ Cases:
     writing the whole GGUF, and blamed on the file)
 72. distill: --checkpoint-dir on an input (--force would clear it) or equal to --out (the whole run
     trained, then the artifact was refused): refused before training
+73. run: a recipe field .nan: refused naming the section and field
 """
 
 from __future__ import annotations
@@ -495,3 +496,11 @@ def test_72_distill_checkpoint_dir_on_an_input_or_the_output(where, tiny, studen
                   "--batch", "2", "--eval-tokens", "0", "--checkpoint-dir", ck, "--out", out, "--force"),
           f"the checkpoint directory is the {where}", "choose another --checkpoint-dir")
     assert snapshot(student_copy) == before and not out.exists()
+
+
+def test_73_recipe_with_a_non_finite_field(tiny, tmp_path, run_cli):
+    r = tmp_path / "r.yaml"
+    r.write_text(f"model: {tiny}\nwork_dir: {tmp_path / 'work'}\n"
+                 "quantize:\n  - {name: q, scheme: int4-gptq, group_size: 32, damp: .nan}\n")
+    fails(run_cli("run", r, "--dry-run"), "r.yaml: quantize[0] (q).damp: nan is not a finite number")
+    assert not (tmp_path / "work").exists()
