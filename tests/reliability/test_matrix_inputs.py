@@ -52,6 +52,7 @@ Cases:
 72. distill: --checkpoint-dir on an input (--force would clear it) or equal to --out (the whole run
     trained, then the artifact was refused): refused before training
 73. run: a recipe field .nan: refused naming the section and field
+74. chat: a REPL line with invalid UTF-8 on stdin: replaced and said, the chat goes on (was a traceback)
 """
 
 from __future__ import annotations
@@ -504,3 +505,14 @@ def test_73_recipe_with_a_non_finite_field(tiny, tmp_path, run_cli):
                  "quantize:\n  - {name: q, scheme: int4-gptq, group_size: 32, damp: .nan}\n")
     fails(run_cli("run", r, "--dry-run"), "r.yaml: quantize[0] (q).damp: nan is not a finite number")
     assert not (tmp_path / "work").exists()
+
+
+def test_74_chat_repl_stdin_with_invalid_utf8(gguf, tmp_path):
+    from test_matrix import subprocess_env
+
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "chat", str(gguf), "--max-new-tokens", "4"],
+                          input=b"caf\xe9 \xff\xfe?\n/exit\n", capture_output=True, env=subprocess_env(tmp_path),
+                          timeout=300)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "the message was not valid UTF-8: 3 byte(s) replaced with U+FFFD" in " ".join(err.split())  # rich wraps
