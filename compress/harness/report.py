@@ -18,7 +18,7 @@ from typing import Any
 from compress.manifest import read_manifest
 
 from .runner import read_rows
-from .tables import accuracy_table, budget_table, latency_table
+from .tables import accuracy_table, budget_table, disagreement_table, latency_table
 
 REPORT_DIR = "report"
 
@@ -34,6 +34,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     for name, plot in plots(rows, out).items():
         paths[name] = plot
     tables = [("Accuracy: every runtime against the reference on the same tokens", accuracy_table(rows)),
+              ("Finding: runtimes disagree on the same artifact (itself and its exports)", disagreement_table(rows)),
               ("Latency, memory and roofline", latency_table(rows)),
               (f"Budgets of profile {rows[0]['profile']!r}", budget_table(rows, meta.report.get("profile", {})))]
     tables = [(title, t) for title, t in tables if t]

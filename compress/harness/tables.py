@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 Table = tuple[list[str], list[list[str]]]
@@ -91,3 +92,47 @@ def budget_table(rows: list[dict[str, Any]], profile: dict[str, Any]) -> Table |
     body = [[r["label"], r["runtime"], _f(r["file_mb"], ".1f"), verdict(r.get("fits_storage")),
              _f(r.get("peak_rss_mb"), ".0f"), memory(r)] for r in rows]
     return cols, body
+
+
+DISAGREE_PPL = 0.02  # relative perplexity gap between runtimes on one artifact that is a finding (issue #15)
+
+
+def artifact_source(spec: str) -> str:
+    """The quantize/float artifact a row runs: an export's manifest input, else the row's own artifact."""
+    from pathlib import Path
+
+    from compress.manifest import read_manifest
+
+    p = Path(str(spec))
+    try:
+        if p.is_dir() and (p / "manifest.json").is_file():
+            m = read_manifest(p, check_files=False)
+            if m.stage.startswith("export") and isinstance(m.report.get("input"), str):
+                return str(Path(m.report["input"]).resolve())
+        return str(p.resolve()) if p.exists() else str(spec)
+    except Exception:  # noqa: BLE001 - a finding must never break the report
+        return str(spec)
+
+
+def disagreement_table(rows: list[dict[str, Any]], tol: float = DISAGREE_PPL) -> Table | None:
+    """Cross-runtime disagreement as a finding: rows of one artifact (itself and its exports) whose
+    perplexity is more than ``tol`` (relative) from the group's median are named; two rows that
+    disagree are both named (nothing says which one is right)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("perplexity") is not None and r.get("artifact"):
+            groups.setdefault(artifact_source(r["artifact"]), []).append(r)
+    body = []
+    for src, rs in groups.items():
+        if len(rs) < 2:
+            continue
+        for r in rs:
+            # three or more: against the median of all (robust to the one that is off); two: each other
+            med = statistics.median(o["perplexity"] for o in (rs if len(rs) > 2 else [o for o in rs if o is not r]))
+            gap = r["perplexity"] / med - 1
+            if abs(gap) > tol:
+                who = "disagrees with " + ", ".join(f"{o['label']} ({o['runtime']})" for o in rs if o is not r)
+                body.append([r["label"], _rt(r), _f(r["perplexity"], ".3f"), _f(med, ".3f"), f"{gap:+.1%}", who])
+    if not body:
+        return None
+    return ["artifact", "runtime", "perplexity", "median of the group", "gap", "finding"], body
