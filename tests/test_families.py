@@ -60,7 +60,8 @@ def test_family_goes_through_quantize_gguf_onnx_and_chat(name, memorized, tmp_pa
     r = read_manifest(tmp_path / "f32").report
     v = r["validation"]
     assert v["top1_agreement"] >= 0.995 and v["kl_mean"] <= 1e-4 and v["tokenizer_agreement"] is True, v
-    assert (r["tokenizer"]["tokenizer_model"], r["tokenizer"]["tokenizer_pre"]) == GGUF_TOKENIZER[FAMILY_TOKENIZERS[name]]
+    tokenizer = (r["tokenizer"]["tokenizer_model"], r["tokenizer"]["tokenizer_pre"])
+    assert tokenizer == GGUF_TOKENIZER[FAMILY_TOKENIZERS[name]]
     assert r["tokenizer"]["chat_template"] is True  # chat below renders the family's own template
     # RTN int4, then its integers carried into GGUF Q4_0 and ONNX MatMulNBits
     q = tmp_path / "q"
@@ -173,6 +174,23 @@ def test_unsupported_model_is_refused_from_its_config_before_any_weight(stage, c
     assert "no weights" not in lines[0]  # refused for what it is, not for the missing files
     assert took < 2.0, f"{stage}: refusal took {took:.2f} s"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("changes,needles", REFUSALS, ids=["family", "rope_type"])
+def test_recipe_dry_run_says_the_same_before_any_weight(changes, needles, tmp_path, run_cli):
+    import yaml
+
+    folder = _no_weights(tmp_path, **changes)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": str(folder), "work_dir": str(tmp_path / "work"),
+        "quantize": [{"name": "q", "scheme": "int4-rtn", "group_size": 32, "eval_tokens": 0}],
+        "export": [{"name": "g", "format": "gguf", "from": "q", "qtype": "Q4_0"}]}))
+    rc, _, err = run_cli("run", recipe, "--dry-run")
+    assert rc == 2, err
+    for n in needles:
+        assert n in err, (n, err)
+    assert not (tmp_path / "work" / "quantize-q").exists()
 
 
 def test_a_tokenizer_kind_the_family_does_not_take_is_refused(tmp_path):

@@ -7,16 +7,22 @@ Two sources, in this order:
    (SmolLM2's digit-splitting ``smollm`` pre-tokenizer becomes plain byte-level), so the original
    keys are the better description. A derived artifact (quantized, pruned) is traced back to its
    bundled GGUF by its tokenizer.json: stages copy it unchanged, so equal bytes mean the same vocabulary.
-2. Otherwise ``tokenizer.json`` is converted: a byte-level BPE becomes ``tokenizer.ggml.model = gpt2``
-   with the vocabulary, the merges and token types (added special tokens are CONTROL, other added
-   tokens USER_DEFINED, ids without a token become ``[PAD{id}]`` UNUSED, as llama.cpp's converter does).
+2. Otherwise the tokenizer files are converted. A byte-level BPE becomes ``tokenizer.ggml.model = gpt2``
+   with the vocabulary, the merges and token types (added special tokens are CONTROL, other added tokens
+   USER_DEFINED, ids without a token become ``[PAD{id}]`` UNUSED, as llama.cpp's converter does). A
+   SentencePiece vocabulary (Llama 2, Mistral, Phi-3, Gemma: tokenizer.model, or tokenizer.json's BPE with
+   byte fallback) becomes ``llama`` with scores, BYTE/CONTROL/UNKNOWN types and ``add_space_prefix``.
 
-The pre-tokenizer (``tokenizer.ggml.pre``) is picked from the structure of tokenizer.json's
-pre_tokenizer, never guessed: a lone ``ByteLevel(use_regex=True)`` is exactly GPT-2's split regex,
-which llama.cpp calls ``gpt-2``; ``Digits(individual) + ByteLevel`` is ``smollm``; the Llama-3 split
-regex + ``ByteLevel(use_regex=False)`` is ``llama-bpe``. Anything else is refused, naming the
-pre-tokenizer, because a wrong regex tokenizes most text identically and fails silently on the rest
-(digits, contractions). The validation step tokenizes the check text with both and compares anyway.
+The byte-level pre-tokenizer (``tokenizer.ggml.pre``) is picked from the structure of tokenizer.json's
+pre_tokenizer, never guessed: a lone ``ByteLevel(use_regex=True)`` is exactly GPT-2's split regex, which
+llama.cpp calls ``gpt-2``; ``Digits(individual) + ByteLevel`` is ``smollm``; the Llama-3 split regex +
+``ByteLevel(use_regex=False)`` is ``llama-bpe``, the same regex with single digits ``qwen2`` (Qwen2, 2.5,
+3). llama.cpp's own converter instead hashes the ids a known model's tokenizer gives for a probe text
+(``get_vocab_base_pre``): that names vocabularies it has seen, not a new one trained with a known regex
+(our tests' tiny ones, a domain tokenizer); the regex is what llama.cpp applies for each name, so it is
+what is compared here. Anything else is refused, naming the pre-tokenizer, because a wrong regex tokenizes most text
+identically and fails silently on the rest (digits, contractions). The validation tokenizes a multilingual
+probe (code, digit and whitespace runs) with both and compares anyway.
 
     >>> entries, info = tokenizer_metadata(src, vocab_size=49152)
     >>> info["tokenizer_source"]
@@ -28,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from compress.errors import ArtifactError, IncompatibleLayerError, MissingBacken
 from compress.families import TOKENIZER_NAMES, tokenizer_kind
 
 from .source import ExportSource
+from .spm import added_type, has_sp_model, sentencepiece_vocab
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +143,7 @@ def from_tokenizer_json(folder: Path, vocab_size: int, config: dict[str, Any]) -
             ("tokenizer.ggml.add_space_prefix", prefix, None, None),
         ]
         vocab = {t: i for i, t in enumerate(tokens)}
-        info = {"tokenizer_source": f"built from {'tokenizer.model' if _has_sp_model(folder) else 'tokenizer.json'} "
+        info = {"tokenizer_source": f"built from {'tokenizer.model' if has_sp_model(folder) else 'tokenizer.json'} "
                                     "(SentencePiece)"}
     else:
         pre = pre_tokenizer_name(tj.get("pre_tokenizer"), path)
@@ -145,7 +151,7 @@ def from_tokenizer_json(folder: Path, vocab_size: int, config: dict[str, Any]) -
         for content, t in added.items():
             vocab[content] = t["id"]
         tokens = _by_id(vocab, vocab_size, path)
-        types = [int(TokenType.UNUSED) if t is None else int(_added_type(added[t])) if t in added
+        types = [int(TokenType.UNUSED) if t is None else int(added_type(added[t])) if t in added
                  else int(TokenType.NORMAL) for t in tokens]
         tokens = [f"[PAD{i}]" if t is None else t for i, t in enumerate(tokens)]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -179,84 +185,6 @@ def _by_id(vocab: dict[str, int], vocab_size: int, where: Path) -> list[str | No
             raise ArtifactError(f"{where}: token {tok!r} has id {i}, outside the embedding's {vocab_size} rows")
         tokens[i] = tok
     return tokens
-
-
-def _added_type(t: dict[str, Any]) -> TokenType:
-    return TokenType.CONTROL if t.get("special") else TokenType.USER_DEFINED
-
-
-def _has_sp_model(folder: Path) -> bool:
-    return (folder / "tokenizer.model").is_file()
-
-
-_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-
-
-def sentencepiece_vocab(folder: Path, tj: dict[str, Any], vocab_size: int
-                        ) -> tuple[list[str], list[float], list[int], bool]:
-    """(tokens, scores, token types, add_space_prefix) for llama.cpp's SentencePiece tokenizer.
-
-    llama.cpp merges the adjacent pair whose joined piece has the highest score. With tokenizer.model the
-    scores are SentencePiece's own (what llama.cpp's converter reads); from a tokenizer.json BPE they are
-    minus the rank of the merge that makes each piece, which orders the merges as the BPE model applies them.
-    Byte pieces ``<0xNN>`` are BYTE (the fallback for characters outside the vocabulary), added special
-    tokens CONTROL, other added tokens USER_DEFINED, ids without a piece UNUSED."""
-    added = {t["content"]: t for t in tj.get("added_tokens", [])}
-    model = tj.get("model") or {}
-    unk = model.get("unk_token")
-    tokens: list[str | None] = [None] * vocab_size
-    scores = [-10000.0] * vocab_size
-    types = [int(TokenType.UNUSED)] * vocab_size
-    if _has_sp_model(folder):
-        try:
-            from sentencepiece import SentencePieceProcessor
-        except ImportError:
-            raise MissingBackendError("reading tokenizer.model needs sentencepiece: pip install sentencepiece") from None
-        sp = SentencePieceProcessor()
-        sp.LoadFromFile(str(folder / "tokenizer.model"))
-        for i in range(min(sp.vocab_size(), vocab_size)):
-            tokens[i], scores[i] = sp.IdToPiece(i), float(sp.GetScore(i))
-            types[i] = int(TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i) else
-                           TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else TokenType.NORMAL)
-    else:
-        rank = {}
-        for r, m in enumerate(model.get("merges", [])):
-            a, b = m.split(" ", 1) if isinstance(m, str) else m
-            rank.setdefault(a + b, r)
-        for tok, i in model.get("vocab", {}).items():
-            if 0 <= i < vocab_size:
-                tokens[i], scores[i] = tok, -float(rank.get(tok, 0))
-                types[i] = int(TokenType.UNKNOWN if tok == unk else TokenType.BYTE if _BYTE.fullmatch(tok)
-                               else TokenType.NORMAL)
-    for content, t in added.items():
-        i = t["id"]
-        if not 0 <= i < vocab_size:
-            raise ArtifactError(f"{folder}: added token {content!r} has id {i}, outside the embedding's "
-                                f"{vocab_size} rows")
-        if types[i] in (int(TokenType.UNKNOWN), int(TokenType.BYTE)) and tokens[i] == content:
-            continue  # <unk> and byte pieces keep their SentencePiece type
-        tokens[i], scores[i], types[i] = content, 0.0 if types[i] == int(TokenType.CONTROL) else -1000.0, \
-            int(_added_type(t))
-    out = [f"[PAD{i}]" if t is None else t for i, t in enumerate(tokens)]
-    return out, scores, types, _adds_space_prefix(tj)
-
-
-def _adds_space_prefix(tj: dict[str, Any]) -> bool:
-    """Whether the tokenizer puts "▁" before the text (Llama 2, Mistral: yes; Gemma: no)."""
-    text = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")])
-    if '"Prepend"' in text:
-        return True
-    for node in _walk([tj.get("pre_tokenizer")]):
-        if node.get("type") == "Metaspace":
-            return node.get("prepend_scheme", "always" if node.get("add_prefix_space", True) else "never") != "never"
-    return not tj.get("normalizer") and not tj.get("pre_tokenizer")  # bare tokenizer.model: SentencePiece's default
-
-
-def _walk(nodes):
-    for n in nodes:
-        if isinstance(n, dict):
-            yield n
-            yield from _walk(n.get("pretokenizers") or n.get("normalizers") or [])
 
 
 def pre_tokenizer_name(pt: dict | None, where: Path) -> str:
