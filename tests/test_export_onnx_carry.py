@@ -111,6 +111,7 @@ def test_every_grid_goes_into_matmulnbits_with_the_artifacts_integers(bits, grou
         assert f"block {got}" in r["carried"][name]
     if bits == 5:
         assert "5-bit held in 8 bits" in r["carried"]["model.layers.0.mlp.down_proj"]
+        assert "14 5-bit layers held in 8-bit MatMulNBits (exact; 8 bits a weight in the file)" in r["plan"]["notes"]
     for name in ("prefill", "kv_cache"):
         assert r["validation"][name]["top1_agreement"] >= r["validation"]["tolerance"]["min_top1"]
 

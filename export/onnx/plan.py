@@ -65,6 +65,10 @@ class Plan:
         emb = (f"int{self.embeddings.qw.bits} ({self.embeddings.origin})" if self.embeddings.kind == "gbq"
                else self.embeddings.kind)
         notes = sorted({c.note for c in self.linears.values() if c.note})
+        five = sum(1 for c in [self.head, *self.linears.values()] if c.kind == "nbits" and c.qw.bits == 5)
+        if five:  # MatMulNBits has no 5-bit form: exact in 8 bits, but the file pays 8 bits a weight
+            notes.append(f"{five} 5-bit layer{'s' * (five > 1)} held in 8-bit MatMulNBits (exact; 8 bits a weight "
+                         "in the file)")
         return {"precision": self.precision, "linears": kinds, "lm_head": head, "embeddings": emb,
                 "shared_embeddings": self.shared, "post_quantizer": self.post, "integers": self.integers,
                 "notes": notes}
