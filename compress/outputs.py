@@ -48,7 +48,7 @@ def input_paths(spec: str | Path | None) -> list[Path]:
     if s in BUNDLED:
         import importlib.util
 
-        found = [(cache_root() / "models" / s).resolve()]
+        found = [(cache_root() / "models" / s).resolve(), (cache_root() / "gguf").resolve()]  # gemma assembles there
         pkg = importlib.util.find_spec(BUNDLED[s].package)  # finds, does not import
         if pkg is not None and pkg.submodule_search_locations:
             found.append(Path(pkg.submodule_search_locations[0]).resolve())
