@@ -109,17 +109,23 @@ def register(app: typer.Typer) -> None:
         tolerance: Optional[str] = typer.Option(None, help="Overrides, e.g. ppl=0.02,kl=0.005,top1=0.02,mc=0.02,size=0.01,decode=0.2."),
         latency: bool = typer.Option(False, "--latency", help="Also gate decode speed (noisy on shared machines)."),
         update_baseline: bool = typer.Option(False, "--update-baseline", help="Write this run as the new baseline."),
+        spread: Optional[list[Path]] = typer.Option(None, "--spread-run", help="With --update-baseline: the same bench run again; per-row tolerances from the spread."),
+        diagnose: bool = typer.Option(True, "--diagnose/--no-diagnose", help="On a regression, say which layer (or export tensor) carries the loss."),
     ) -> None:
         """Exit 1 with a diff when perplexity, KL, top-1, MC accuracy or size regressed past tolerance."""
-        from .gate import check, parse_tolerances, write_baseline
+        from .gate import check, parse_tolerances, tolerance_names, write_baseline
 
         cfg = parse_tolerances(tolerance, latency)
         if update_baseline:
-            _console().print(f"baseline written: {write_baseline(run_dir, baseline)}")
+            _console().print(f"baseline written: {write_baseline(run_dir, baseline, spread or [])}")
             return
-        result = check(run_dir, baseline, cfg)
+        result = check(run_dir, baseline, cfg, tolerance_names(tolerance))
         print(result.table())
         if not result.passed:
+            if diagnose:  # issue #15: say where the loss is (compress/diagnose/gate.py)
+                from compress.diagnose.gate import diagnose_failures
+
+                print("diagnosis:\n" + "\n".join(f"  {ln}" for ln in diagnose_failures(result, run_dir)))
             raise typer.Exit(1)
 
     @app.command()

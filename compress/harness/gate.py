@@ -7,6 +7,12 @@
 
 Rows are matched by (artifact label, runtime). A baseline made for another reference model or other
 evaluation tokens is refused, not compared: the numbers would not mean the same thing.
+
+Version 2 baselines carry each row's own tolerances, set from the baseline's spread (``write_baseline(run,
+path, spread_runs=[run2, ...])``: the same bench repeated): a figure that did not move between runs gets a
+tight floor (perplexity 0.1%, KL 2% + 1e-6, top-1 one token, size 0.1%), one that moved gets 4x its spread;
+multiple-choice accuracy gets 2 binomial standard errors of its sample (sqrt(p(1-p)/n), n examples), so one
+flipped answer of 40 does not fail the gate. A name given with ``--tolerance`` overrides them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from .runner import read_rows
 from .config import CheckConfig
 
 FORMAT = "compress-bench-baseline"
-VERSION = 1
+VERSION = 2  # 2: per-row tolerances from the baseline's spread (version 1 still loads)
 _KEEP = ("perplexity", "kl", "top1", "mc_mean", "file_bytes", "decode_tok_s")
 # metric -> (tolerance field, relative?, higher is better?)
 _RULES = {"perplexity": ("ppl", True, False), "kl": ("kl", False, False), "top1": ("top1", False, True),
@@ -72,15 +78,51 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows}
 
 
-def write_baseline(run_dir: str | Path, baseline_path: str | Path) -> Path:
-    """Write the run's figures as the new baseline (``--update-baseline``)."""
+def write_baseline(run_dir: str | Path, baseline_path: str | Path, spread_runs: list[str | Path] = ()) -> Path:
+    """Write the run's figures as the new baseline (``--update-baseline``), with per-row tolerances from
+    the spread between it and ``spread_runs`` (the same bench run again; none: spread 0, the floors)."""
     from compress.outputs import write_text_output
 
     p = Path(baseline_path)
-    text = json.dumps(baseline_from_run(run_dir), indent=2) + "\n"
+    base = baseline_from_run(run_dir)
+    add_tolerances(base, [baseline_from_run(r) for r in spread_runs], read_manifest(run_dir).report)
+    text = json.dumps(base, indent=2) + "\n"
     check_finite_rows(json.loads(text)["rows"], p)  # a NaN figure is never written as the standard
     p.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_output(p, text, inputs=[run_dir], option="--baseline")
+    return write_text_output(p, text, inputs=[run_dir, *spread_runs], option="--baseline")
+
+
+_FLOORS = {"perplexity": 1e-3, "file_bytes": 1e-3}  # relative, for figures that did not move
+MC_Z = 2.0  # binomial standard errors a multiple-choice accuracy may fall
+
+
+def add_tolerances(base: dict[str, Any], others: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    """Per-row ``spread`` (max - min over the runs) and ``tolerance`` of every gated metric, in place."""
+    runs = [{(r["label"], r["runtime"]): r for r in o["rows"]} for o in others]
+    tokens = max(int(report.get("tokens") or 0), 1)
+    n_mc = sum((report.get("mc_examples") or {}).values()) or 0
+    for row in base["rows"]:
+        key = (row["label"], row["runtime"])
+        spread, tol = {}, {}
+        for metric in ("perplexity", "kl", "top1", "mc_mean", "file_bytes"):
+            v = row.get(metric)
+            if v is None:
+                continue
+            vals = [v] + [r[key][metric] for r in runs if key in r and r[key].get(metric) is not None]
+            sp = max(vals) - min(vals)
+            spread[metric] = sp
+            if metric in _FLOORS:  # relative tolerances
+                tol[metric] = max(4 * sp / max(abs(v), 1e-30), _FLOORS[metric])
+            elif metric == "kl":
+                tol[metric] = max(4 * sp, 0.02 * v + 1e-6)
+            elif metric == "top1":
+                tol[metric] = max(4 * sp, 1 / tokens)
+            elif n_mc:
+                tol[metric] = max(4 * sp, MC_Z * math.sqrt(max(v * (1 - v), 0.25 / n_mc) / n_mc))
+        row["spread"], row["tolerance"] = spread, tol
+    base["spread_runs"] = 1 + len(others)
+    base["tolerance_basis"] = ("4x the spread over the runs; floors when nothing moved: perplexity 0.1%, KL 2% + "
+                               f"1e-6, top-1 one token, size 0.1%; MC {MC_Z:g} binomial standard errors")
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
@@ -105,8 +147,13 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
 
 
 def check_finite_rows(rows: list[dict[str, Any]], p: Path) -> None:
-    """A NaN baseline figure makes every comparison with it pass."""
+    """A NaN baseline figure (or tolerance) makes every comparison with it pass."""
     for i, r in enumerate(rows):
+        tol = r.get("tolerance")
+        if tol is not None and not (isinstance(tol, dict) and all(
+                is_finite_number(v) and v >= 0 for v in tol.values())):
+            raise ConfigError(f"{p}: malformed baseline, rows[{i}] ({r['label']}, {r['runtime']}) tolerance "
+                              f"{tol!r} must map metrics to finite numbers >= 0")
         for metric in _RULES:
             v = r.get(metric)
             if v is not None and not is_finite_number(v):
@@ -114,8 +161,10 @@ def check_finite_rows(rows: list[dict[str, Any]], p: Path) -> None:
                                   f"{v!r}, not a finite number")
 
 
-def check(run_dir: str | Path, baseline_path: str | Path, cfg: CheckConfig = CheckConfig()) -> CheckResult:
-    """Compare a bench run with a baseline; ``passed`` is False on any regression past ``cfg``."""
+def check(run_dir: str | Path, baseline_path: str | Path, cfg: CheckConfig = CheckConfig(),
+          overrides: frozenset[str] | set[str] = frozenset()) -> CheckResult:
+    """Compare a bench run with a baseline; ``passed`` is False on any regression past the baseline row's
+    own tolerances (version 2), else ``cfg``'s; ``overrides`` (tolerance names: ppl, kl, ...) use ``cfg``."""
     base = load_baseline(baseline_path)
     cur = baseline_from_run(run_dir)
     for key in ("reference_id", "data", "tokens"):
@@ -140,7 +189,8 @@ def check(run_dir: str | Path, baseline_path: str | Path, cfg: CheckConfig = Che
             bv, cv = b.get(metric), c.get(metric)
             if bv is None:
                 continue
-            tol = getattr(cfg, tol_name)
+            own = (b.get("tolerance") or {}).get(metric)
+            tol = own if own is not None and tol_name not in overrides else getattr(cfg, tol_name)
             # a current figure that is NaN/inf (or missing) is a regression, never a pass by a False comparison
             if higher:
                 limit = bv * (1 - tol) if relative else bv - tol
@@ -172,3 +222,8 @@ def parse_tolerances(spec: str | None, latency: bool, base: CheckConfig | None =
             raise ConfigError(f"--tolerance: {name.strip()}={value.strip()} is not a finite number")
     data["latency"] = latency or data.get("latency", False)
     return CheckConfig.from_dict(data, where="--tolerance")
+
+
+def tolerance_names(spec: str | None) -> frozenset[str]:
+    """The names a ``--tolerance`` spec sets (they override a baseline row's own tolerances)."""
+    return frozenset(p.partition("=")[0].strip() for p in (spec or "").split(",") if p.strip())
