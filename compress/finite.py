@@ -64,10 +64,12 @@ def nonfinite_tensors(model) -> list[str]:
 
 
 def check_artifact_finite(folder: Path) -> None:
-    """Raise NonFiniteError naming the file and tensor when a float tensor of a ``.safetensors`` file
-    under ``folder`` holds NaN or an infinity."""
-    for f in sorted(folder.rglob("*.safetensors")):
-        bad = first_nonfinite_tensor(f)
+    """Raise NonFiniteError naming the file and tensor when a float tensor of a ``.safetensors`` file or
+    an F32/F16/BF16 tensor of a ``.gguf`` file under ``folder`` holds NaN or an infinity (block-quantized
+    GGUF tensors are left to the export's own validation in llama.cpp)."""
+    files = sorted(folder.rglob("*.safetensors")) + sorted(folder.rglob("*.gguf"))
+    for f in files:
+        bad = first_nonfinite_tensor(f) if f.suffix == ".safetensors" else first_nonfinite_gguf_tensor(f)
         if bad is not None:
             raise NonFiniteError(f"{f.name}: tensor {bad!r} holds NaN or infinite values; the artifact was not "
                                  "written (a diverged training run or a broken input model)")
@@ -78,21 +80,38 @@ def first_nonfinite_tensor(path: Path) -> str | None:
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
-        base = 8 + n
-        for name, info in header.items():
-            if name == "__metadata__" or info.get("dtype") not in _EXPONENT:
-                continue
-            view, mask = _EXPONENT[info["dtype"]]
-            start, end = info["data_offsets"]
-            fh.seek(base + start)
-            left = end - start
-            width = np.dtype(view).itemsize
-            while left > 0:
-                block = fh.read(min(_CHUNK - _CHUNK % width, left))
-                if not block:
-                    break
-                left -= len(block)
-                bits = np.frombuffer(block, dtype=view)
-                if np.any((bits & view(mask)) == view(mask)):
-                    return name
+        spans = [(name, info["dtype"], 8 + n + info["data_offsets"][0],
+                  info["data_offsets"][1] - info["data_offsets"][0])
+                 for name, info in header.items() if name != "__metadata__" and info.get("dtype") in _EXPONENT]
+        return _first_bad_span(fh, spans)
+
+
+def first_nonfinite_gguf_tensor(path: Path) -> str | None:
+    """Name of the first F32/F16/BF16 tensor of a GGUF file with a NaN/inf, or None."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFReader
+
+    kinds = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16"}
+    reader = GGUFReader(str(path))  # header only: tensor bytes are read below, in chunks
+    spans = [(t.name, kinds[t.tensor_type], int(t.data_offset), int(t.n_bytes)) for t in reader.tensors
+             if t.tensor_type in kinds]
+    del reader
+    with open(path, "rb") as fh:
+        return _first_bad_span(fh, spans)
+
+
+def _first_bad_span(fh, spans: list[tuple[str, str, int, int]]) -> str | None:
+    for name, dtype, offset, size in spans:
+        view, mask = _EXPONENT[dtype]
+        fh.seek(offset)
+        left = size
+        width = np.dtype(view).itemsize
+        while left > 0:
+            block = fh.read(min(_CHUNK - _CHUNK % width, left))
+            if not block:
+                break
+            left -= len(block)
+            bits = np.frombuffer(block, dtype=view)
+            if np.any((bits & view(mask)) == view(mask)):
+                return name
     return None

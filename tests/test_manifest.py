@@ -240,3 +240,34 @@ def test_failed_swap_under_force_puts_the_previous_artifact_back(tmp_path, monke
     with pytest.raises(OSError):
         _write(out, force=True)
     assert read_manifest(out) == before and _entries(tmp_path) == ["art"]
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf")], ids=["finite", "nan", "inf"])
+def test_writer_refuses_a_gguf_with_non_finite_float_tensors(tmp_path, bad):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from compress.errors import NonFiniteError
+
+    def write(path):
+        w = GGUFWriter(str(path), "llama")
+        w.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float16))
+        t = np.zeros((3, 64), dtype=np.float32)
+        if bad is not None:
+            t[2, 63] = bad
+        w.add_tensor("output.weight", t)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    out = tmp_path / "art"
+    if bad is None:
+        with ArtifactWriter(out, stage="test", config=EvalConfig(), input_id=None) as art:
+            write(art.path / "model.F32.gguf")
+        assert is_complete(out)
+        return
+    with pytest.raises(NonFiniteError, match=r"model.F32.gguf: tensor 'output.weight' holds NaN or infinite"):
+        with ArtifactWriter(out, stage="test", config=EvalConfig(), input_id=None) as art:
+            write(art.path / "model.F32.gguf")
+    assert _entries(tmp_path) == []
