@@ -83,6 +83,14 @@ def test_family_goes_through_quantize_gguf_onnx_and_chat(name, memorized, tmp_pa
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_eval_scores_every_family(name, memorized, run_cli):
+    rc, out, err = run_cli("eval", memorized(name), "--tasks", "", "--max-tokens", "64", "--window", "32",
+                           "--stride", "32", "--json")
+    assert rc == 0, err
+    assert "perplexity" in out
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_awq_folds_what_the_family_row_says(name, memorized, tmp_path, run_cli):
     """AWQ runs on every family; Phi-3's fused projections leave only the norm folds (the row says so)."""
     rc, _, err = run_cli("quantize", memorized(name), "--scheme", "int4-awq", "--group-size", "32", "--samples", "2",
