@@ -36,7 +36,7 @@ from typing import Any, Iterable
 from .config import StageConfig
 from .errors import ArtifactError
 from .manifest_schema import check_types, unique_keys  # noqa: F401 - unique_keys is used by readers of JSON
-from .outputs import check_no_overlap, sweep_stale_temps, temp_name
+from .outputs import check_no_overlap, resolved, sweep_stale_temps, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class ArtifactWriter:
     def __init__(self, out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None,
                  force: bool = False, inputs: Iterable[str | Path | None] = ()):
         # resolved: with --out LINK the artifact goes where the link points and the link stays valid
-        self.out_dir = Path(out_dir).expanduser().resolve()
+        self.out_dir = resolved(out_dir)
         self.stage, self.config, self.input_id, self.force = stage, config, input_id, force
         self.inputs = list(inputs)
         self.content_id = content_id(stage, config, input_id)

@@ -27,6 +27,14 @@ _NAME_MAX = 255
 _TEMP_RE = re.compile(r"\..+\.(?:tmp|old)-(\d+)-[0-9a-f]{8}")
 
 
+def resolved(path: str | Path) -> Path:
+    """``Path.resolve()`` with a symlink loop (a RuntimeError in Python 3.11, OSError later) as one line."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:
+        raise ArtifactError(f"{path}: cannot tell where it points (a symlink loop?): {e}") from None
+
+
 def input_paths(spec: str | Path | None) -> list[Path]:
     """The local paths (resolved) that a model/data/artifact argument reads; [] when none."""
     if spec is None or str(spec) == "":
@@ -36,10 +44,10 @@ def input_paths(spec: str | Path | None) -> list[Path]:
     if not p.exists() and "=" in s and not isinstance(spec, Path):  # bench's LABEL=PATH
         return input_paths(s.partition("=")[2])
     if p.exists() or p.is_symlink() or isinstance(spec, Path):  # a Path is a place even before it exists
-        found = [p.resolve()]
+        found = [resolved(p)]
         if p.is_dir():  # a snapshot folder of links (the hub cache's layout): the files they point at count too
             try:
-                found += [c.resolve() for c in p.iterdir() if c.is_symlink()]
+                found += [resolved(c) for c in p.iterdir() if c.is_symlink()]
             except OSError:
                 pass
         return found
@@ -48,10 +56,10 @@ def input_paths(spec: str | Path | None) -> list[Path]:
     if s in BUNDLED:
         import importlib.util
 
-        found = [(cache_root() / "models" / s).resolve(), (cache_root() / "gguf").resolve()]  # gemma assembles there
+        found = [resolved(cache_root() / "models" / s), resolved(cache_root() / "gguf")]  # gemma assembles there
         pkg = importlib.util.find_spec(BUNDLED[s].package)  # finds, does not import
         if pkg is not None and pkg.submodule_search_locations:
-            found.append(Path(pkg.submodule_search_locations[0]).resolve())
+            found.append(resolved(pkg.submodule_search_locations[0]))
         return found
     return []
 
@@ -59,7 +67,7 @@ def input_paths(spec: str | Path | None) -> list[Path]:
 def check_no_overlap(out_dir: str | Path, inputs: Iterable[str | Path | None], *, what: str = "output",
                      option: str = "--out", against: str = "input") -> None:
     """Raise ArtifactError when ``out_dir`` equals, contains or lies inside one of ``inputs``."""
-    out = Path(out_dir).expanduser().resolve()
+    out = resolved(out_dir)
     for spec in inputs:
         for inp in input_paths(spec):
             if out == inp:

@@ -53,6 +53,7 @@ Cases:
     trained, then the artifact was refused): refused before training
 73. run: a recipe field .nan: refused naming the section and field
 74. chat: a REPL line with invalid UTF-8 on stdin: replaced and said, the chat goes on (was a traceback)
+75. quantize --out / eval --save-config on a symlink loop: one line (was a RuntimeError traceback)
 """
 
 from __future__ import annotations
@@ -516,3 +517,11 @@ def test_74_chat_repl_stdin_with_invalid_utf8(gguf, tmp_path):
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert "the message was not valid UTF-8: 3 byte(s) replaced with U+FFFD" in " ".join(err.split())  # rich wraps
+
+
+def test_75_out_is_a_symlink_loop(model, tmp_path, run_cli):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    fails(run_cli("quantize", model, "--scheme", "int8", "--eval-tokens", "0", "--out", tmp_path / "loop1"),
+          "loop1: cannot tell where it points (a symlink loop?)")
+    fails(run_cli("eval", model, "--tasks", "", "--save-config", tmp_path / "loop1"), "a symlink loop")
