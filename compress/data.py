@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import DataError
+from .manifest_schema import unique_keys
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _MOBY = DATA_DIR / "text" / "moby-dick.txt"
@@ -134,8 +135,9 @@ def load_mc_task(spec: str | Path) -> MCTask:
     if not path.is_file():
         raise DataError(f"{s}: task not found (a BIG-bench task.json, or one of: {', '.join(TASKS)})")
     try:
-        task = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # a key given twice (an example's answer scores, say) would keep the last silently
+        task = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(task, dict) or not isinstance(task.get("examples"), list):
         raise DataError(f"{path}: no 'examples' list (not a BIG-bench task.json)")

@@ -54,6 +54,7 @@ Cases:
 73. run: a recipe field .nan: refused naming the section and field
 74. chat: a REPL line with invalid UTF-8 on stdin: replaced and said, the chat goes on (was a traceback)
 75. quantize --out / eval --save-config on a symlink loop: one line (was a RuntimeError traceback)
+76. eval: a task.json giving a key twice (an answer scored twice, the last kept silently)
 """
 
 from __future__ import annotations
@@ -525,3 +526,10 @@ def test_75_out_is_a_symlink_loop(model, tmp_path, run_cli):
     fails(run_cli("quantize", model, "--scheme", "int8", "--eval-tokens", "0", "--out", tmp_path / "loop1"),
           "loop1: cannot tell where it points (a symlink loop?)")
     fails(run_cli("eval", model, "--tasks", "", "--save-config", tmp_path / "loop1"), "a symlink loop")
+
+
+def test_76_task_json_with_a_key_twice(tiny, tmp_path, run_cli):
+    task = tmp_path / "task.json"
+    task.write_text('{"examples": [{"input": "2+2?", "target_scores": {"4": 1, "5": 0, "4": 0}}]}')
+    fails(run_cli("eval", tiny, "--tasks", task, "--max-tokens", "64", "--window", "32", "--stride", "32"),
+          "task.json: not valid JSON (key '4' given twice)")
