@@ -76,6 +76,8 @@ class Family:
     gguf_keys: tuple[str, ...] = ("rope",)
     # llama.cpp's graph for gguf_arch takes q as hidden x hidden (qwen2): fewer query heads cannot be exported
     gguf_q_is_square: bool = False
+    # config.json settings that must be off, and why (refused before the weights load)
+    refused_settings: tuple[tuple[str, str], ...] = ()
     awq: str = "all folds: norm -> q/k/v and gate/up, v -> o, up -> down"
     prune_width: str | None = None
     notes: str = ""
@@ -116,7 +118,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("mistral", ("MistralForCausalLM",), ("mistral",), "llama", rope_permute=True, window="all",
            notes="llama.cpp runs mistral as llama and does not apply sliding_window (same within the window)"),
     Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "qwen2", rope_permute=False, attn_bias="qkv",
-           gguf_q_is_square=True,
+           gguf_q_is_square=True, refused_settings=(
+               ("use_sliding_window", "llama.cpp's qwen2 graph has no sliding window (Qwen2.5 ships it false)"),),
            notes="Qwen2/2.5; use_sliding_window is refused; GGUF refuses fewer query heads (llama.cpp's qwen2 "
                  "graph takes q as hidden x hidden): prune MLP channels and KV heads only, or export ONNX"),
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "qwen3", rope_permute=False, qk_norm=True, attn_bias="none",
@@ -184,9 +187,9 @@ def check_config(fam: Family, config: dict[str, Any], where: str | Path) -> None
         raise IncompatibleLayerError(f"{where}: rope_type {kind!r} is not supported for {fam.name} "
                                      f"(supported: {', '.join(fam.rope_types)})")
     fam.activation(config)
-    if fam.name == "qwen2" and config.get("use_sliding_window"):
-        raise IncompatibleLayerError(f"{where}: use_sliding_window is set; llama.cpp's qwen2 graph has no "
-                                     "sliding window (supported: use_sliding_window false, as Qwen2.5 ships)")
+    for key, why in fam.refused_settings:
+        if config.get(key):
+            raise IncompatibleLayerError(f"{where}: {key} is {config[key]!r}, not supported for {fam.name}: {why}")
     prf = config.get("partial_rotary_factor", rope_parameters(config).get("partial_rotary_factor"))
     if prf is not None and float(prf) != 1.0:
         raise IncompatibleLayerError(f"{where}: partial_rotary_factor {prf} is not supported for {fam.name} "

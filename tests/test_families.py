@@ -217,9 +217,11 @@ def test_refusal_names_every_supported_family():
         assert f"{f.name} ({f.hf_architectures[0]})" in str(e.value)
 
 
-def test_phi3_longrope_and_partial_rotary_are_refused_with_the_reason():
+def test_settings_the_exporters_cannot_carry_are_refused_with_the_reason():
     from compress.families import check_config
 
+    with pytest.raises(IncompatibleLayerError, match="use_sliding_window is True, not supported for qwen2: llama.cpp"):
+        check_config(BY_NAME["qwen2"], {"use_sliding_window": True}, "x")
     phi = BY_NAME["phi3"]
     with pytest.raises(IncompatibleLayerError, match="rope_type 'longrope' is not supported for phi3"):
         check_config(phi, {"rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}}, "x")
