@@ -8,8 +8,8 @@
 Rows are matched by (artifact label, runtime). A baseline made for another reference model or other
 evaluation tokens is refused, not compared: the numbers would not mean the same thing.
 
-Version 2 baselines carry each row's own tolerances, set from the baseline's spread (``write_baseline(run,
-path, spread_runs=[run2, ...])``: the same bench repeated): a figure that did not move between runs gets a
+Version 2 baselines written with spread runs carry each row's own tolerances, set from the baseline's spread
+(``write_baseline(run, path, spread_runs=[run2, ...])``: the same bench repeated): a figure that did not move between runs gets a
 tight floor (perplexity 0.1%, KL 2% + 1e-6, top-1 one token, size 0.1%), one that moved gets 4x its spread;
 multiple-choice accuracy gets 2 binomial standard errors of its sample (sqrt(p(1-p)/n), n examples), so one
 flipped answer of 40 does not fail the gate. A name given with ``--tolerance`` overrides them.
@@ -79,13 +79,14 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_baseline(run_dir: str | Path, baseline_path: str | Path, spread_runs: list[str | Path] = ()) -> Path:
-    """Write the run's figures as the new baseline (``--update-baseline``), with per-row tolerances from
-    the spread between it and ``spread_runs`` (the same bench run again; none: spread 0, the floors)."""
+    """Write the run's figures as the new baseline (``--update-baseline``). With ``spread_runs`` (the same
+    bench run again) each row also gets tolerances from the measured spread; without, check's own apply."""
     from compress.outputs import write_text_output
 
     p = Path(baseline_path)
     base = baseline_from_run(run_dir)
-    add_tolerances(base, [baseline_from_run(r) for r in spread_runs], read_manifest(run_dir).report)
+    if spread_runs:
+        add_tolerances(base, [baseline_from_run(r) for r in spread_runs], read_manifest(run_dir).report)
     text = json.dumps(base, indent=2) + "\n"
     check_finite_rows(json.loads(text)["rows"], p)  # a NaN figure is never written as the standard
     p.parent.mkdir(parents=True, exist_ok=True)
