@@ -119,6 +119,38 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _html_body(md: str) -> str:
+    """The few Markdown forms :func:`markdown` writes (headings, bullets, tables) as HTML."""
+    import re
+
+    e = html.escape
+    out: list[str] = []
+    table = False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not table else "td"
+            out.append(("<table>" if not table else "") + "<tr>" + "".join(f"<{tag}>{e(c)}</{tag}>" for c in cells)
+                       + "</tr>")
+            table = True
+            continue
+        if table:
+            out.append("</table>")
+            table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{e(line.lstrip('#').strip())}</h{level}>")
+        elif line.lstrip().startswith("- "):
+            out.append(f"<li>{e(line.lstrip()[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{e(line)}</p>")
+    if table:
+        out.append("</table>")
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", "\n".join(out))
+
+
 def write_diagnosis(result: dict[str, Any], out: Path) -> dict[str, Path]:
     """diagnosis.md, diagnosis.html (chart embedded), diagnosis.json and layers.png in ``out``."""
     out = Path(out)
@@ -130,9 +162,11 @@ def write_diagnosis(result: dict[str, Any], out: Path) -> dict[str, Path]:
     paths["json"] = out / "diagnosis.json"
     paths["json"].write_text(json.dumps(result, indent=1, default=str) + "\n")
     png = base64.b64encode(paths["chart"].read_bytes()).decode()
-    body = "".join(f"<pre>{html.escape(md)}</pre>")
+    body = _html_body(markdown(result))
     paths["html"] = out / "diagnosis.html"
-    paths["html"].write_text("<!doctype html><html><head><meta charset='utf-8'><title>diagnosis</title></head>"
+    paths["html"].write_text("<!doctype html><html><head><meta charset='utf-8'><title>diagnosis</title><style>"
+                             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+                             "padding:3px 8px}th{background:#f2f2f2}</style></head>"
                              f"<body style='font-family:system-ui,sans-serif;max-width:1100px;margin:2em'>{body}"
                              f"<img alt='layers' src='data:image/png;base64,{png}'></body></html>")
     return paths
