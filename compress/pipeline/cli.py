@@ -13,7 +13,8 @@ from rich.console import Console
 
 
 def chat_hint(recipe) -> str | None:
-    """The export to try first: the smallest GGUF (llama.cpp starts fastest), else any export."""
+    """The export to try first: the smallest GGUF of the recipe's own quantized artifacts (llama.cpp starts
+    fastest), else any export."""
     exports = [s for s in recipe.steps if s.kind in ("export-gguf", "export-onnx") and s.out.is_dir()]
     if not exports:
         return None
@@ -21,8 +22,10 @@ def chat_hint(recipe) -> str | None:
     def size(step) -> int:
         return sum(f.stat().st_size for f in step.out.iterdir() if f.is_file())
 
-    ggufs = [s for s in exports if s.kind == "export-gguf"]
-    best = min(ggufs or exports, key=size)
+    # the recipe's own quantized artifacts first (not a quant of the float model made for comparison)
+    ours = [s for s in exports if s.inputs and s.inputs[0] != "model"] or exports
+    ggufs = [s for s in ours if s.kind == "export-gguf"]
+    best = min(ggufs or ours, key=size)
     return f"compress chat {_rel(best.out)}"
 
 
