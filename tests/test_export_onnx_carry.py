@@ -206,6 +206,8 @@ def test_accuracy_levels_are_recorded_per_node_and_written_into_the_file(tmp_pat
     in_file = {n.name: _attr(n, "accuracy_level") for n in m.graph.node if n.op_type == "MatMulNBits"}
     assert levels["mode"] == "auto" and levels["nodes"] == in_file and len(in_file) == 8  # qkv, o, gate_up, down x 2 layers
     assert levels["start_all_level_4"]["passes"] and set(in_file.values()) == {4}
+    basis = read_manifest(path.parent).report["validation"]["tolerance_basis"]
+    assert basis == "the artifact's own integers, int8 activations on 8 of 8 MatMulNBits nodes"
     assert levels["by_kind"] == {"attn.qkv_proj": 4, "attn.o_proj": 4, "mlp.gate_up_proj": 4, "mlp.down_proj": 4}
 
 

@@ -93,5 +93,7 @@ def _print(path: Path) -> None:
         t.add_row(f"onnxruntime vs PyTorch ({name})",
                   f"top-1 {v['top1_agreement']:.2%} (min {tol['min_top1']:.1%}), mean KL {v['kl']:.2e} "
                   f"(max {tol['max_kl']:.1e}), max |dlogit| {v['max_abs']:.3g} on {v['positions']} positions")
+    if r["validation"].get("tolerance_basis"):
+        t.add_row("tolerance for", r["validation"]["tolerance_basis"])
     t.add_row("export time", f"{r['export_s']:.1f} s")
     out.print(t)

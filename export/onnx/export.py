@@ -118,6 +118,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             figures = validate_onnx(decoder, None, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
                                     where=f"{out_dir.name}/{MODEL_FILE}", reference=reference)
             del decoder
+            figures["tolerance_basis"] = _basis(plan.integers, levels)
             report: dict[str, Any] = {
                 "model_file": MODEL_FILE, "architecture": spec.name, "precision": plan.precision,
                 "layers": len(dims.layers), "hidden": dims.hidden, "vocab": dims.vocab, "max_length": length,
@@ -177,6 +178,18 @@ def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], referenc
     return _warn_slow(model, choice)
 
 
+_BASIS = {"artifact": "the artifact's own integers", "requantized": "integers re-rounded by --requantize",
+          "artifact+head": "the artifact's integers plus an lm_head / table the export rounded to int8",
+          "onnxruntime": "onnxruntime's round-to-nearest of a float model", "none": "float weights"}
+
+
+def _basis(integers: str, levels: LevelChoice) -> str:
+    """What the tolerance was chosen for, in words, for the manifest and the CLI."""
+    n = len(levels.levels)
+    fast = sum(1 for v in levels.levels.values() if v > 0)
+    return _BASIS.get(integers, integers) + (f", int8 activations on {fast} of {n} MatMulNBits nodes" if n else "")
+
+
 def _warn_slow(model: onnx.ModelProto, choice: LevelChoice) -> LevelChoice:
     choice.slow = slow_float_nodes(model, choice.levels)
     if choice.slow:
@@ -187,9 +200,14 @@ def _warn_slow(model: onnx.ModelProto, choice: LevelChoice) -> LevelChoice:
 
 def _load(artifact: str | Path):
     """The artifact's PyTorch model; anything that is not a typed error becomes a one-line ArtifactError."""
-    from compress.models import load_model
+    from compress.models import load_model, resolve_model
 
     try:
+        given = resolve_model(artifact)
+        if given.kind == "gguf":  # read through its cached fp32 import, as the GGUF export does
+            from compress.fetch import import_gguf
+
+            return load_model(import_gguf(given.path))
         return load_model(artifact)
     except CompressError:
         raise
@@ -216,6 +234,12 @@ def _input_manifest(artifact: str | Path):
             folder = cached_folder(src.spec)
         elif src.kind == "hf_dir":
             folder = src.path
+        elif src.kind == "gguf":
+            from compress.fetch import imported_folder
+
+            folder = imported_folder(src.path)
+            if folder is None:
+                return None
         else:
             return None
         return read_manifest(folder) if (folder / MANIFEST).is_file() else None
