@@ -58,7 +58,7 @@ def _gguf_dry_run(req: ExportRequest, cfg) -> None:
     from export.gguf.plan import resolved_qtype, summarize
     from export.gguf.source import open_source
 
-    src = open_source(req.artifact)
+    src = open_source(req.artifact, qtype=cfg.qtype)
     check_writable_target(Path(req.out).absolute(), force=req.force, inputs=[req.artifact])
     spec, dims, plan, _md, tok = prepare(src, cfg)  # refuses a re-rounding without --requantize
     qtype = resolved_qtype(src, cfg)

@@ -153,7 +153,9 @@ def test_unknown_format_lists_the_formats(run_cli, tiny_llama_dir, tmp_path):
     assert rc == 2 and "did you mean 'gguf'" in _one_error_line(err)
 
 
-def test_a_gguf_file_is_not_an_export_input(run_cli, tiny_llama_dir, tmp_path):
+def test_a_gguf_file_as_its_own_type_is_refused(run_cli, tiny_llama_dir, tmp_path, capsys):
+    """A GGUF is an export input (tests/test_gguf_input.py), but not to be written again as its own type."""
     path = export_gguf(tiny_llama_dir, GGUFConfig(qtype="F16", check_tokens=16), tmp_path / "first")
+    capsys.readouterr()  # transformers' loading bars from the export above
     rc, out, err = run_cli("export", path, "--format", "gguf", "--out", tmp_path / "o")
-    assert rc == 2 and "already a GGUF" in _one_error_line(err)
+    assert rc == 2 and "already a F16 GGUF" in _one_error_line(err)

@@ -72,7 +72,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     out_dir = Path(out_dir).absolute()
     with steps(f"export {cfg.qtype} GGUF", 5 + is_kquant(cfg.qtype) + bool(cfg.imatrix())) as step:
         step("reading the artifact")
-        src = open_source(artifact)
+        src = open_source(artifact, qtype=cfg.qtype)  # a GGUF input as its own type: refused
         if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
             log.info("%s already holds this export; reusing it", out_dir)
             return out_dir / read_manifest(out_dir).report["gguf_file"]
@@ -217,7 +217,7 @@ def _report(src: ExportSource, spec: ArchSpec, dims: Dims, plan: list[TensorPlan
             cfg: GGUFConfig, target: Path, readback: dict, validation: dict, write_s: float,
             validate_s: float, exactness: dict[str, Any]) -> dict[str, Any]:
     quant = src.quantized_layers()
-    notes = carry_notes(plan, cfg, resolved_qtype(src, cfg))
+    notes = src.notes() + carry_notes(plan, cfg, resolved_qtype(src, cfg))
     input_bytes = sum(p.stat().st_size for p in src.folder.glob("*.safetensors"))
     return {
         "gguf_file": target.name,

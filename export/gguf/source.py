@@ -44,6 +44,18 @@ class ExportSource:
     input_id: str
     tensors: SafetensorsFolder
     quantization: dict[str, Any] | None
+    gguf_input: Path | None = None  # the .gguf the artifact argument named; ``folder`` is its import
+
+    def notes(self) -> list[str]:
+        """What the export read, when that is not the argument itself (a GGUF input)."""
+        if self.gguf_input is None:
+            return []
+        r = self.manifest.report if self.manifest else {}
+        ppl = (f" (perplexity {r['torch_perplexity']:.3f} vs llama.cpp {r['llamacpp_perplexity']:.3f})"
+               if "llamacpp_perplexity" in r and "torch_perplexity" in r else "")
+        return [f"input {self.gguf_input.name} ({gguf_input_type(self.gguf_input)}) was read through its import "
+                f"{self.folder}: dequantized to fp32 and checked against llama.cpp{ppl}; a quantized type here "
+                f"rounds those weights again"]
 
     @property
     def stage(self) -> str | None:
@@ -89,7 +101,9 @@ class ExportSource:
 
 
 def resolve_folder(spec: str | Path) -> Path:
-    """The folder behind an artifact argument (a bundled name is fetched into the cache once)."""
+    """The folder behind an artifact argument: a bundled name is fetched into the cache once, and a
+    ``.gguf`` file (or one of our GGUF exports) is imported into the cache once, as fp32 safetensors
+    checked against llama.cpp (:func:`compress.fetch.import_gguf`); the export reads that folder."""
     from compress.models import resolve_model
 
     src = resolve_model(spec)
@@ -98,15 +112,64 @@ def resolve_folder(spec: str | Path) -> Path:
 
         return ensure_fetched(src.spec)
     if src.kind == "gguf":
-        raise ArtifactError(f"{spec}: already a GGUF file; export takes a model folder or a compress artifact")
+        from compress.fetch import import_gguf
+
+        folder = import_gguf(src.path)
+        log.info("%s: exporting its import %s (dequantized to fp32, checked against llama.cpp)", spec, folder)
+        return folder
     if src.kind == "hub":
         raise ModelLoadError(f"{spec}: export reads local folders only; download the model first "
                              f"(or name a bundled model)")
     return src.path
 
 
-def open_source(spec: str | Path) -> ExportSource:
-    """Open an artifact for export, checking its manifest, config and weight headers (no weights read)."""
+# general.file_type (llama.cpp's LlamaFileType) -> the --qtype naming the same file
+_FILE_TYPE_QTYPE = {"ALL_F32": "F32", "MOSTLY_F16": "F16", "MOSTLY_BF16": "BF16", "MOSTLY_Q8_0": "Q8_0",
+                    "MOSTLY_Q5_1": "Q5_1", "MOSTLY_Q5_0": "Q5_0", "MOSTLY_Q4_1": "Q4_1", "MOSTLY_Q4_0": "Q4_0",
+                    "MOSTLY_Q4_K_M": "Q4_K_M", "MOSTLY_Q5_K_M": "Q5_K_M", "MOSTLY_Q6_K": "Q6_K"}
+
+
+def gguf_input_type(path: Path) -> str:
+    """The type a GGUF file is, named as ``--qtype`` names it: its ``general.file_type``, else the type
+    of most of its matrices (read from the header, torch-free)."""
+    from collections import Counter
+
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(path)
+    field = reader.fields.get("general.file_type")
+    if field is not None:
+        try:
+            name = LlamaFileType(int(field.contents())).name
+            return _FILE_TYPE_QTYPE.get(name, name.removeprefix("MOSTLY_").removeprefix("ALL_"))
+        except ValueError:
+            pass
+    count = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
+    return count.most_common(1)[0][0] if count else "F32"
+
+
+def check_gguf_input(spec: str | Path, qtype: str) -> None:
+    """A GGUF input exported as its own type (or ``auto``: the artifact's weights as they are) is refused
+    before the import: the result would be the same file at best, and after a dequantize-and-round-again
+    of a quantized file a slightly worse one. Another type is fine (the report says it was a GGUF)."""
+    from compress.errors import ConfigError
+    from compress.models import resolve_model
+
+    src = resolve_model(spec)
+    if src.kind != "gguf":
+        return
+    own = gguf_input_type(src.path)
+    if qtype in ("auto", own):
+        raise ConfigError(f"--qtype {qtype}: {spec} is already a {own} GGUF, so this export would write the same "
+                          f"file again ({'rounded twice' if own not in ('F32', 'F16', 'BF16') else 'nothing gained'}); "
+                          f"use the file as it is (compress chat/bench take it), or name another --qtype")
+
+
+def open_source(spec: str | Path, *, qtype: str | None = None) -> ExportSource:
+    """Open an artifact for export, checking its manifest, config and weight headers (no weights read).
+    ``qtype``: the GGUF type asked for, to refuse a GGUF input's own type before importing it."""
+    if qtype is not None:
+        check_gguf_input(spec, qtype)
     folder = resolve_folder(spec)
     manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
     config = _read_json(folder / "config.json", "model config")
@@ -121,7 +184,11 @@ def open_source(spec: str | Path) -> ExportSource:
     if qpath.is_file() or (manifest is not None and manifest.stage == "quantize"):
         quant = read_quantization_json(folder)
     input_id = manifest.content_id if manifest else _folder_id(folder)
-    return ExportSource(str(spec), folder, config, manifest, input_id, tensors, quant)
+    from compress.models import resolve_model
+
+    given = resolve_model(spec)
+    return ExportSource(str(spec), folder, config, manifest, input_id, tensors, quant,
+                        gguf_input=given.path if given.kind == "gguf" else None)
 
 
 def _read_json(path: Path, what: str) -> Any:

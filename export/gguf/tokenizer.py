@@ -79,6 +79,8 @@ def source_gguf(src: ExportSource) -> Path | None:
     from compress.fetch import cached_folder
     from compress.manifest import is_complete
 
+    if getattr(src, "gguf_input", None) is not None:  # a GGUF input: llama.cpp's own vocabulary, as it was
+        return src.gguf_input
     m = src.manifest
     if m is not None and m.stage == "fetch" and m.report.get("source_gguf"):
         return bundled_gguf(m.config["name"])

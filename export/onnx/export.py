@@ -200,9 +200,14 @@ def _warn_slow(model: onnx.ModelProto, choice: LevelChoice) -> LevelChoice:
 
 def _load(artifact: str | Path):
     """The artifact's PyTorch model; anything that is not a typed error becomes a one-line ArtifactError."""
-    from compress.models import load_model
+    from compress.models import load_model, resolve_model
 
     try:
+        given = resolve_model(artifact)
+        if given.kind == "gguf":  # read through its cached fp32 import, as the GGUF export does
+            from compress.fetch import import_gguf
+
+            return load_model(import_gguf(given.path))
         return load_model(artifact)
     except CompressError:
         raise
@@ -229,6 +234,12 @@ def _input_manifest(artifact: str | Path):
             folder = cached_folder(src.spec)
         elif src.kind == "hf_dir":
             folder = src.path
+        elif src.kind == "gguf":
+            from compress.fetch import imported_folder
+
+            folder = imported_folder(src.path)
+            if folder is None:
+                return None
         else:
             return None
         return read_manifest(folder) if (folder / MANIFEST).is_file() else None

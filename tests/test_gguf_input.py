@@ -1,0 +1,110 @@
+"""GGUF in, GGUF out (issue 13 point 5): a ``.gguf`` file is an input of both exporters. It is imported once
+into the cache (fp32 safetensors, checked against llama.cpp, keyed by the file's digest) and exported from
+there; a GGUF asked for as its own type is refused before anything is imported."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+from artifact_fixtures import train_on_ids
+from tiny import family_model, family_tokenizer
+
+from compress.manifest import read_manifest
+
+# families whose tiny F32 GGUF transformers can import (the others are refused at import, with the reason)
+IMPORTABLE = ["llama", "qwen2"]
+
+
+@functools.lru_cache(maxsize=None)
+def _f32_gguf(name: str, root: str) -> Path:
+    """A tiny family model, trained on the check ids (peaked predictions), exported to an F32 GGUF by our exporter."""
+    from compress.gguf_import import check_ids
+    from export.gguf import GGUFConfig, export_gguf
+
+    tok = family_tokenizer(name)
+    # llama without its llama3 rope scaling: transformers' GGUF reader drops rope_freqs (see test below)
+    model = family_model(name, rope_scaling=None) if name == "llama" else family_model(name)
+    folder = train_on_ids(model, tok, Path(root) / name, check_ids(tok, 128), 120)
+    return export_gguf(folder, GGUFConfig(qtype="F32"), Path(root) / f"{name}-f32")
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf-input")
+    return lambda name="llama": _f32_gguf(name, str(root))
+
+
+@pytest.mark.parametrize("name", IMPORTABLE)
+def test_a_gguf_file_exports_to_another_gguf_type_through_its_cached_import(name, f32_gguf, tmp_path, run_cli):
+    gguf = f32_gguf(name)
+    rc, out, err = run_cli("export", gguf, "--format", "gguf", "--qtype", "Q8_0", "--out", tmp_path / "q8")
+    assert rc == 0, err
+    m = read_manifest(tmp_path / "q8")
+    r = m.report
+    assert r["input"] == str(gguf) and r["input_stage"] == "import-gguf"
+    assert r["validation"]["top1_agreement"] >= r["validation"]["min_top1"], r["validation"]
+    assert r["tokenizer"]["tokenizer_source"] == f"copied from {gguf.name}"  # llama.cpp's own vocabulary
+    assert any(f"input {gguf.name} (F32) was read through its import" in n for n in r["notes"]), r["notes"]
+    imported = read_manifest(Path(r["notes"][0].split("its import ")[1].split(":")[0]))
+    assert imported.stage == "import-gguf" and imported.report["source_gguf"] == str(gguf)
+    assert m.input_id == imported.content_id
+    # one import per file content: a second export reads the same cached folder
+    from compress.fetch import imported_folder
+
+    assert imported_folder(gguf) is not None
+    rc, _, err = run_cli("export", gguf, "--format", "gguf", "--qtype", "Q4_0", "--out", tmp_path / "q4")
+    assert rc == 0, err
+    assert read_manifest(tmp_path / "q4").input_id == m.input_id
+    from export.gguf.source import gguf_input_type
+
+    assert gguf_input_type(gguf) == "F32" and gguf_input_type(tmp_path / "q4" / "model.Q4_0.gguf") == "Q4_0"
+
+
+@pytest.mark.parametrize("name", IMPORTABLE)
+def test_a_gguf_file_exports_to_onnx_through_the_same_import(name, f32_gguf, tmp_path, run_cli):
+    gguf = f32_gguf(name)
+    rc, _, err = run_cli("export", gguf, "--format", "onnx", "--qtype", "fp32", "--out", tmp_path / "onnx")
+    assert rc == 0, err
+    m = read_manifest(tmp_path / "onnx")
+    v = m.report["validation"]
+    assert {"prefill", "kv_cache"} <= set(v), v
+    assert m.report["input"] == str(gguf) and m.report["input_stage"] == "import-gguf"
+    from compress.fetch import imported_folder
+
+    assert m.input_id == read_manifest(imported_folder(gguf)).content_id
+
+
+def test_a_gguf_export_folder_is_a_gguf_input_too(f32_gguf, tmp_path, run_cli):
+    rc, _, err = run_cli("export", f32_gguf().parent, "--format", "gguf", "--qtype", "F16", "--out", tmp_path / "f16")
+    assert rc == 0, err
+    assert read_manifest(tmp_path / "f16").report["input_stage"] == "import-gguf"
+
+
+@pytest.mark.parametrize("qtype", ["F32", "auto"])
+def test_a_gguf_input_as_its_own_type_is_refused_before_the_import(qtype, f32_gguf, tmp_path, run_cli):
+    from compress.bundled import cache_root
+
+    rc, _, err = run_cli("export", f32_gguf(), "--format", "gguf", "--qtype", qtype, "--out", tmp_path / "o")
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "is already a F32 GGUF" in lines[0] and "another --qtype" in lines[0], err
+    assert not (tmp_path / "o").exists() and not (cache_root() / "imports").exists()
+    rc, _, err = run_cli("export", f32_gguf(), "--format", "gguf", "--qtype", qtype, "--dry-run", "--out", tmp_path / "o")
+    assert rc == 2 and "is already a F32 GGUF" in err
+
+
+def test_an_edited_gguf_is_a_new_import(f32_gguf, tmp_path):
+    """The cache is keyed by the file's digest: a different file never reuses another's import."""
+    import shutil
+
+    from compress.fetch import import_gguf, imported_folder
+
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(f32_gguf(), copy)
+    assert imported_folder(copy) is None
+    first = import_gguf(copy)
+    assert imported_folder(copy) == first and import_gguf(f32_gguf()) == first  # same bytes, same import
+    with open(copy, "ab") as fh:
+        fh.write(b"\0" * 32)  # trailing padding: still a valid GGUF, another digest
+    assert imported_folder(copy) is None
