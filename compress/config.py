@@ -63,6 +63,9 @@ class StageConfig:
 
     KIND: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # fields naming data files (text, tasks): their bytes go into the content id (compress.content), so
+    # a calibration text edited in place re-runs the stage
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ()
     version: int = 0  # 0 means "current"; replaced in __post_init__
 
     def __post_init__(self) -> None:

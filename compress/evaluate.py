@@ -22,7 +22,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ _CHUNK = 128  # positions per log-softmax block: bounds memory with Gemma's 262k
 @register_config("eval")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig(StageConfig):
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tasks")  # by content in the id
     data: str = "moby-dick"
     window: int = 512
     stride: int = 512

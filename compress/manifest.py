@@ -65,13 +65,19 @@ class Manifest:
 
 
 def content_id(stage: str, config: StageConfig | dict[str, Any], input_id: str | None) -> str:
-    """Hash of stage + config + input id + compress version: equal ids mean the same work on the same
-    input by the same code release (an artifact made by an older release is not silently reused)."""
+    """Hash of stage + config + input id + compress version + the bytes of the data files the config
+    names (its DATA_FIELDS): equal ids mean the same work on the same input and data by the same code
+    release (an artifact made by an older release, or from a calibration text since edited, is not
+    silently reused)."""
     from . import __version__
+    from .content import data_ids
 
     cfg = config.to_dict() if isinstance(config, StageConfig) else config
-    blob = json.dumps({"stage": stage, "config": cfg, "input": input_id, "code": __version__}, sort_keys=True,
-                      default=str)
+    record = {"stage": stage, "config": cfg, "input": input_id, "code": __version__}
+    data = data_ids(config)
+    if data:  # only then: ids of stages reading bundled data stay what earlier releases wrote
+        record["data"] = data
+    blob = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -266,13 +272,11 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, used as the input id of raw files such as GGUFs."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, used as the input id of raw files such as GGUFs (cached: compress.content)."""
+    from .content import file_hash
+
+    return file_hash(path)
 
 
 def _json_default(o: Any) -> Any:

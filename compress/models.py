@@ -13,8 +13,6 @@ stage in their manifest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 
 from . import bundled as _bundled
 from .checkpoints import blame_json, check_gguf, inspect_hf_folder
+from .content import folder_id
 from .errors import ModelLoadError
 from .manifest import MANIFEST, file_digest, read_manifest
 
@@ -177,7 +176,7 @@ def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_re
     checks: dict[str, Any] = {}
     if manifest is not None and "llamacpp_perplexity" in manifest.report and verify:
         checks = _reload_check(model, folder, manifest.report)
-    model_id = manifest.content_id if manifest else _folder_id(folder, info.weights)
+    model_id = manifest.content_id if manifest else folder_id(folder, info.weights)
     return LoadedModel(model, tok, src, model_id, checks)
 
 
@@ -216,13 +215,6 @@ def _require_finite(model, where: Path) -> None:
     if bad:
         raise ModelLoadError(f"{where}: non-finite weights in {len(bad)} tensor(s): {', '.join(bad[:8])}"
                              + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
-
-
-def _folder_id(folder: Path, weights: tuple[Path, ...]) -> str:
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for w in weights:
-        h.update(json.dumps([w.name, w.stat().st_size]).encode())
-    return "dir:" + h.hexdigest()[:16]
 
 
 def _first_line(e: BaseException) -> str:

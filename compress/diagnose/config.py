@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from ..config import StageConfig, register_config
 from ..errors import ConfigError
@@ -19,6 +19,7 @@ Fix = Literal["keep8", "group", "tables"]
 @register_config("diagnose")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DiagnoseConfig(StageConfig):
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ("data",)  # by content in the id
     reference: Optional[str] = None  # default: the quantize manifest's input
     data: str = "moby-dick-calib"  # held-in text: the quantizer's own loss, as its report scores it
     tokens: int = 1024

@@ -12,7 +12,7 @@ checkpoints go, a time limit per chunk) is not part of the config: it does not c
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..config import StageConfig, register_config
 from ..errors import ConfigError
@@ -21,6 +21,7 @@ from ..errors import ConfigError
 @register_config("distill")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DistillConfig(StageConfig):
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ("data", "eval_data")  # by content in the id
     teacher: str = "smollm2-135m"
     student: str = ""  # a model folder (a prune artifact, usually)
     data: str = "moby-dick-calib"  # training text: never the evaluation split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from compress.config import StageConfig, register_config, suggest
 from compress.data import TASKS
@@ -17,6 +18,7 @@ class BenchConfig(StageConfig):
     >>> BenchConfig(profile="phone", max_tokens=2048, repetitions=3)
     """
 
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tasks", "profile")  # by content in the id
     runtimes: tuple[str, ...] = ()  # () = each artifact's own runtime; names restrict (or add PyTorch for GGUFs)
     profile: str = "laptop"  # name (compress profiles) or YAML path
     reference: str | None = None  # None: the bundled model the artifacts' manifests lead back to

@@ -10,10 +10,9 @@ Ids, stages and file sizes come from manifests, never from guesses; a folder wit
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
+from compress.content import folder_id
 from compress.errors import ArtifactError, ConfigError
 from compress.manifest import MANIFEST, Manifest, file_digest, read_manifest
 
@@ -66,11 +65,12 @@ def resolve_target(spec: str | Path, *, plain_folder: bool = False) -> Target:
         return Target(label or p.stem, s, "gguf-file", "gguf:" + file_digest(p)[:16], p.stat().st_size,
                       {"llama.cpp": str(p), "pytorch": str(p)}, None)
     if not (p / MANIFEST).is_file() and plain_folder:
+        if not (p / "config.json").is_file():
+            raise ArtifactError(f"{p}: no config.json and no {MANIFEST}; not a model folder")
         files = {f.name: f.stat().st_size for f in sorted(p.iterdir()) if f.is_file()}
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode() + (p / "config.json").read_bytes()
-                                if (p / "config.json").is_file() else b"").hexdigest()[:16]
         size = sum(v for k, v in files.items() if k.endswith(_WEIGHT_SUFFIXES))
-        return Target(label or p.name, s, "folder", "dir:" + digest, size, {"pytorch": str(p)}, None)
+        # the id load_model gives the folder: the weights' bytes, so a retrained folder is a new target
+        return Target(label or p.name, s, "folder", folder_id(p), size, {"pytorch": str(p)}, None)
     if not (p / MANIFEST).is_file():
         raise ArtifactError(f"{p}: no {MANIFEST}; bench reads artifact ids and sizes from manifests, so it takes "
                             "what compress wrote (fetch, quantize, export) or a .gguf file")

@@ -39,9 +39,9 @@ def root_id(spec: str) -> str | None:
     if (folder / "manifest.json").is_file():
         return read_manifest(folder).content_id
     from ..checkpoints import inspect_hf_folder
-    from ..models import _folder_id  # the id load_model gives a plain folder: must be the same one
+    from ..content import folder_id  # the id load_model gives a plain folder: must be the same one
 
-    return _folder_id(folder, inspect_hf_folder(folder).weights)
+    return folder_id(folder, inspect_hf_folder(folder).weights)
 
 
 class Context:

@@ -12,7 +12,7 @@ keep the shapes and store the zeros densely (see :mod:`compress.prune.sparsity` 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from ..config import StageConfig, register_config
 from ..errors import ConfigError
@@ -24,6 +24,7 @@ DepthMetric = Literal["cosine", "perplexity"]
 @register_config("prune")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PruneConfig(StageConfig):
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ("calib",)  # by content in the id
     method: Method = "depth"
     # depth: decoder layers to keep
     layers: Optional[int] = None

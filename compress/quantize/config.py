@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from ..config import StageConfig, register_config
 from ..errors import ConfigError
@@ -48,6 +48,7 @@ MENU_BITS = (4, 5, 8, 16)  # what --budget-bits may choose per tensor (16 = keep
 @register_config("quantize")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantConfig(StageConfig):
+    DATA_FIELDS: ClassVar[tuple[str, ...]] = ("calib",)  # by content in the id
     VERSION = 2
 
     scheme: Scheme = "int4-gptq"

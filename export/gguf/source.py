@@ -14,7 +14,6 @@ can reach GGUF blocks unchanged.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.content import folder_id
 from compress.errors import ArtifactError, ModelLoadError
 from compress.manifest import MANIFEST, Manifest, read_manifest
 from compress.quantize.format import (FORMAT_VERSION, QUANT_JSON, SUFFIXES, QuantizedWeight, quantized_weight,
@@ -183,7 +183,7 @@ def open_source(spec: str | Path, *, qtype: str | None = None) -> ExportSource:
     qpath = folder / QUANT_JSON
     if qpath.is_file() or (manifest is not None and manifest.stage == "quantize"):
         quant = read_quantization_json(folder)
-    input_id = manifest.content_id if manifest else _folder_id(folder)
+    input_id = manifest.content_id if manifest else folder_id(folder)
     from compress.models import resolve_model
 
     given = resolve_model(spec)
@@ -198,11 +198,3 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: corrupt {what} ({e})") from None
-
-
-def _folder_id(folder: Path) -> str:
-    """Like compress.models for plain folders: config plus weight file names and sizes."""
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for w in sorted(folder.glob("*.safetensors")):
-        h.update(json.dumps([w.name, w.stat().st_size]).encode())
-    return "dir:" + h.hexdigest()[:16]
