@@ -234,5 +234,13 @@ def check_model_files(folder: Path, config: dict[str, Any] | None = None) -> Fam
     return fam
 
 
+def check_prune_method(fam: Family, method: str, where: str | Path) -> None:
+    """Refuse a pruning method the family row rules out (width on fused projections), from config.json
+    alone, naming why and what the family does take."""
+    if method == "width" and fam.prune_width is not None:
+        raise IncompatibleLayerError(f"{where}: width pruning is not supported for {fam.name} ({fam.prune_width}); "
+                                     f"{fam.name} takes depth, wanda and 2:4")
+
+
 TOKENIZER_NAMES = {"bpe": "byte-level BPE (tokenizer.json)",
                    "spm": "SentencePiece (tokenizer.model, or tokenizer.json BPE with byte fallback)"}

@@ -113,7 +113,7 @@ def test_width_pruning_where_the_row_allows_it_and_a_refusal_naming_why_elsewher
     rc, _, err = run_cli("prune", memorized(name), "--method", "width", "--target", target, "--samples", "2",
                          "--seq-len", "32", "--eval-tokens", "0", "--out", out)
     if BY_NAME[name].prune_width is not None:
-        assert rc == 2 and ("qkv_proj" in err or "missing q_proj" in err), err
+        assert rc == 2 and f"width pruning is not supported for {name} (fused qkv_proj" in err, err
         return
     assert rc == 0, err
     rc, _, err = run_cli("export", out, "--format", "onnx", "--qtype", "fp32", "--out", tmp_path / "o")
@@ -182,6 +182,18 @@ def test_unsupported_model_is_refused_from_its_config_before_any_weight(stage, c
     assert "no weights" not in lines[0]  # refused for what it is, not for the missing files
     assert took < 2.0, f"{stage}: refusal took {took:.2f} s"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", [f.name for f in FAMILIES if f.prune_width is not None])
+def test_width_pruning_is_refused_from_the_family_row_before_any_weight(name, tmp_path, run_cli):
+    folder = _no_weights(tmp_path, name)
+    t0 = time.perf_counter()
+    rc, _, err = run_cli("prune", folder, "--method", "width", "--target", "ffn=64", "--out", tmp_path / "out")
+    took = time.perf_counter() - t0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    assert f"width pruning is not supported for {name} ({BY_NAME[name].prune_width}); {name} takes depth" in lines[0]
+    assert took < 2.0 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("changes,needles", REFUSALS, ids=["family", "rope_type"])

@@ -25,11 +25,24 @@ from .model_ops import copy_tokenizer_files, decoder_layers, param_count, source
 log = logging.getLogger(__name__)
 
 
-def check_input(spec: str) -> None:
-    """A quantized artifact is not a pruning input: its weights are dequantized integers."""
+def check_input(spec: str, method: str | None = None) -> None:
+    """A quantized artifact is not a pruning input: its weights are dequantized integers; and a method the
+    model's family row rules out (width on Phi-3's fused projections) is refused from config.json alone."""
     folder = source_folder(spec)
     if folder is None:
         return
+    if method is not None and (folder / "config.json").is_file():
+        import json
+
+        from ..families import check_prune_method, family_for
+
+        where = folder / "config.json"
+        try:
+            config = json.loads(where.read_text())
+        except (OSError, ValueError):
+            config = None  # the loader names what is wrong with it
+        if isinstance(config, dict):
+            check_prune_method(family_for(config, where), method, where)
     stage = read_manifest(folder, check_files=False).stage if (folder / MANIFEST).is_file() else None
     if stage == "quantize" or (folder / "quantization.json").is_file():
         raise ModelLoadError(f"{spec}: a quantized artifact; prune the float model, then quantize the result")
@@ -61,7 +74,7 @@ def prune(model_spec: str, cfg: PruneConfig, out_dir: str | Path, *, force: bool
     t0 = time.perf_counter()
     with steps(f"prune {cfg.describe()}", 5) as step:
         step("checking the input")
-        check_input(model_spec)
+        check_input(model_spec, cfg.method)
         if not (out.exists() and is_complete(out)):
             check_writable_target(out, force=force, inputs=(model_spec, cfg.calib))
         step("loading the model")
