@@ -39,8 +39,51 @@ def load_gguf(path: Path) -> tuple[Any, Any]:
     except (ValueError, KeyError, RuntimeError, OSError) as e:
         raise ModelLoadError(f"{path}: transformers cannot build a model from this GGUF ({e})") from None
     strip_gguf_marker(model)
+    restore_llama3_rope(model, path)
     model.eval()
     return model, tok
+
+
+def restore_llama3_rope(model, path: Path) -> None:
+    """Llama 3's rope scaling lives in a GGUF as the ``rope_freqs`` tensor (what llama.cpp divides each
+    frequency by), not as settings, and transformers' GGUF reader ignores it: the model would be built with
+    plain rope (the import check catches that: perplexity 9.2 vs 1.0 on a tiny Llama 3). Recover the llama3
+    settings from the tensor and rebuild the rotary embedding; refuse when they do not reproduce it."""
+    from gguf import GGUFReader
+
+    freqs = next((t for t in GGUFReader(path).tensors if t.name == "rope_freqs.weight"), None)
+    if freqs is None or getattr(model.config, "model_type", None) != "llama":
+        return
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    ratio = np.asarray(freqs.data, dtype=np.float64).reshape(-1)
+    cfg = model.config
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    theta = float(params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    d = 2 * len(ratio)
+    wavelen = 2 * math.pi * theta ** (np.arange(0, d, 2) / d)
+    factor = float(ratio.max())
+    smooth = (ratio > 1 + 1e-4) & (ratio < factor * (1 - 1e-4))
+    where = f"{path}: rope_freqs"
+    if factor <= 1 or smooth.sum() < 2:
+        raise ModelLoadError(f"{where} is not llama3 rope scaling with a smoothed band (factor {factor:g}, "
+                             f"{int(smooth.sum())} smoothed frequencies); cannot rebuild it in transformers")
+    # llama3: 1/ratio = (1-s)/factor + s, s = (old_ctx/wavelen - low)/(high - low), linear in 1/wavelen. Only
+    # old_ctx/low and old_ctx/high are determined (the band edges), so low = 1 reproduces the same frequencies.
+    s = (1 / ratio[smooth] - 1 / factor) / (1 - 1 / factor)
+    a, b = np.polyfit(1 / wavelen[smooth], s, 1)
+    high = 1 - 1 / b
+    new = {"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": 1.0,
+           "high_freq_factor": float(round(high, 6)), "original_max_position_embeddings": int(round(-a / b))}
+    cfg.rope_parameters = new
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, None)
+    got = (1 / (theta ** (np.arange(0, d, 2) / d))) / inv_freq.double().numpy()
+    if not np.allclose(got, ratio, rtol=1e-4):
+        raise ModelLoadError(f"{where}: llama3 settings {new} do not reproduce the file's frequencies "
+                             f"(largest difference {np.abs(got - ratio).max():.3g}); cannot rebuild it in transformers")
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=cfg)
+    log.info("%s: llama3 rope scaling rebuilt from rope_freqs: %s", path, new)
 
 
 def strip_gguf_marker(model) -> None:
