@@ -125,6 +125,19 @@ class MCTask:
     examples: tuple[MCExample, ...]
 
 
+CHECK_TOKENS = 128
+
+
+def check_ids(tokenizer, n_tokens: int = CHECK_TOKENS) -> list[int]:
+    """The fixed token ids every comparison of two runtimes runs on (GGUF import, both exports'
+    validations): the start of the bundled evaluation text, BOS first where the tokenizer uses one.
+
+    >>> ids = check_ids(tok, 64)   # the same ids for the same tokenizer, every time
+    """
+    ids = tokenize_text(tokenizer, load_text("moby-dick").text[:4 * n_tokens * 4], max_tokens=n_tokens)
+    return ([tokenizer.bos_token_id] if uses_bos(tokenizer) else []) + ids
+
+
 def load_mc_task(spec: str | Path) -> MCTask:
     """A BIG-bench ``task.json`` (bundled name or path) as prompts plus choices, in BIG-bench's own
     prompt format (task prefix, input/output prefixes, choices appended when the task says so)."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import load_text, tokenize_text, uses_bos
+from .data import CHECK_TOKENS, check_ids
 from .errors import ImportMismatchError, MissingBackendError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 # llama.cpp multiplies Q4/Q8 blocks with 8-bit activations while transformers uses the dequantized
 # fp32 weights: on the bundled models that costs <1% perplexity. Broken rope settings cost 11% to 800%.
 DEFAULT_TOLERANCE = 0.03
-CHECK_TOKENS = 128
 
 
 def load_gguf(path: Path) -> tuple[Any, Any]:
@@ -92,12 +91,6 @@ def strip_gguf_marker(model) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-
-
-def check_ids(tokenizer, n_tokens: int = CHECK_TOKENS) -> list[int]:
-    """The fixed token ids every import is checked on: the start of the bundled evaluation text."""
-    ids = tokenize_text(tokenizer, load_text("moby-dick").text[:4 * n_tokens * 4], max_tokens=n_tokens)
-    return ([tokenizer.bos_token_id] if uses_bos(tokenizer) else []) + ids
 
 
 def token_nll(logits: np.ndarray | torch.Tensor, ids: list[int]) -> np.ndarray:

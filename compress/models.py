@@ -100,6 +100,19 @@ def register_artifact_loader(stage: str, loader: ArtifactLoader) -> None:
     _ARTIFACT_LOADERS[stage] = loader
 
 
+def artifact_loader(stage: str | None) -> ArtifactLoader | None:
+    """The loader registered for artifacts of ``stage`` (importing the stage's module on first use), or
+    None: a plain transformers folder, or a stage whose code is not installed."""
+    if stage is not None and stage not in _ARTIFACT_LOADERS and stage in _STAGE_MODULES:
+        import importlib
+
+        try:
+            importlib.import_module(_STAGE_MODULES[stage])
+        except ImportError:  # e.g. an export-only install without the quantize stage
+            return None
+    return _ARTIFACT_LOADERS.get(stage) if stage is not None else None
+
+
 def load_model(spec: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
                verify: bool = True) -> LoadedModel:
     """Load any model argument as a dense transformers model plus tokenizer (fp32, eval mode)."""
@@ -157,12 +170,12 @@ def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_re
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
-    if manifest is not None and manifest.stage not in _ARTIFACT_LOADERS and manifest.stage in _STAGE_MODULES:
-        import importlib
-
-        importlib.import_module(_STAGE_MODULES[manifest.stage])
-    if manifest is not None and manifest.stage in _ARTIFACT_LOADERS:
-        return _ARTIFACT_LOADERS[manifest.stage](folder, manifest)
+    loader = artifact_loader(manifest.stage) if manifest is not None else None
+    if loader is not None:
+        return loader(folder, manifest)
+    if manifest is not None and manifest.stage in _STAGE_MODULES:
+        raise ModelLoadError(f"{folder}: a {manifest.stage!r} artifact, and the code that loads it "
+                             f"({_STAGE_MODULES[manifest.stage]}) cannot be imported")
     info = inspect_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

@@ -15,14 +15,14 @@ T = TypeVar("T")
 console = Console(stderr=True)
 
 
-def _enabled() -> bool:
+def enabled() -> bool:
     return os.environ.get("COMPRESS_PROGRESS", "1") != "0" and sys.stderr.isatty()
 
 
 @contextlib.contextmanager
 def steps(title: str, total: int) -> Iterator[Callable[[str], None]]:
     """``with steps("fetch", 3) as step: step("loading") ...``: a spinner naming the current step."""
-    if not _enabled():
+    if not enabled():
         yield lambda _msg: None
         return
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
@@ -40,7 +40,7 @@ def steps(title: str, total: int) -> Iterator[Callable[[str], None]]:
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """A progress bar with count and ETA over ``items``."""
-    if not _enabled():
+    if not enabled():
         yield from items
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

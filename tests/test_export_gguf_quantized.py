@@ -172,20 +172,9 @@ def test_corrupt_quantized_tensor_is_refused_naming_it(tmp_path):
 def test_reference_without_the_quantize_stages_loader_is_the_exact_dequantization(tmp_path, monkeypatch):
     """Exports do not depend on compress.quantize being importable: the reference is then rebuilt from
     the artifact's integers by the export itself."""
-    import importlib
-
     from compress import models
 
-    real_import = importlib.import_module
-
-    def no_quantize(name, *a, **k):
-        if name == "compress.quantize":
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", no_quantize)
-    monkeypatch.setattr(models, "_ARTIFACT_LOADERS", {k: v for k, v in models._ARTIFACT_LOADERS.items()
-                                                      if k != "quantize"})
+    monkeypatch.setattr(models, "artifact_loader", lambda stage: None)
     art = rtn_artifact(memorized_tiny("gemma3"), tmp_path / "int4", bits=4, group=32)
     path = export_gguf(art, GGUFConfig(qtype="Q4_0"), tmp_path / "gguf")
     v = read_manifest(path.parent).report["validation"]

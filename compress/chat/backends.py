@@ -106,7 +106,7 @@ class LlamaCppBackend:
             import llama_cpp
         except ImportError:
             raise MissingBackendError("chat on a GGUF needs llama.cpp: pip install llama-cpp-python") from None
-        from export.gguf.quiet import captured_output
+        from runtimes.quiet import captured_output
 
         self.cfg, self.path = cfg, gguf
         try:

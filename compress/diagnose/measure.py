@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..quantize.scoring import eval_windows
-from ..quantize.sensitivity import _kl
+from ..quantize.sensitivity import mean_kl
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class DiagnosisTokens:
         total = 0.0
         for i, b in enumerate(self.batches):
             logits = logits_of(i, b)[:, b.positions]
-            total += _kl(ref[i].reshape(-1, ref[i].shape[-1]), logits.reshape(-1, logits.shape[-1])) * b.scored
+            total += mean_kl(ref[i].reshape(-1, ref[i].shape[-1]), logits.reshape(-1, logits.shape[-1])) * b.scored
         return max(total / self.count, 0.0)
 
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import ConfigError, ModelLoadError
 from ..manifest import MANIFEST, read_manifest
-from ..progress import _enabled, console
+from ..progress import console, enabled
 from ..prune.model_ops import source_folder  # noqa: F401  (re-exported for the loop)
 from .config import DistillConfig
 
@@ -83,7 +83,7 @@ class TrainBar:
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> TrainBar:
-        if _enabled() and self.main:  # one bar per run, not one per process
+        if enabled() and self.main:  # one bar per run, not one per process
             self.prog = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)

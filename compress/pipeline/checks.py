@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ArtifactError, ConfigError, IncompatibleLayerError, ModelLoadError
+from ..errors import IncompatibleLayerError, ModelLoadError
 
 if TYPE_CHECKING:
-    from .recipe import Recipe, Step
+    from .recipe import Step
     from .runner import Context
 
 
@@ -104,43 +103,3 @@ def check_export(step: "Step", ctx: "Context") -> str:
 
     onnx_spec(meta_model(str(folder)).config)
     return f"{step.config.precision}, architecture {config.get('model_type')}"
-
-
-def check_outputs(recipe: "Recipe") -> None:
-    """work_dir is writable, and every existing output folder is one this recipe may replace."""
-    work = recipe.work_dir
-    probe = work
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ArtifactError(f"{work}: work_dir cannot be created or written ({probe} is not writable)")
-    if work.exists() and not work.is_dir():
-        raise ArtifactError(f"{work}: work_dir exists and is not a directory")
-    for step in recipe.steps:
-        out = step.out.resolve()
-        if work.resolve() not in out.parents:
-            raise ConfigError(f"{step.label}: output {out} is outside work_dir {work}")
-        check_replaceable(step)
-
-
-def check_replaceable(step: "Step") -> None:
-    """An existing output folder must be this stage's own artifact (stale or current); a folder of
-    anything else is never overwritten."""
-    from ..manifest import read_manifest
-    from .stages import STAGES
-
-    out = step.out
-    if step.kind == "report" or not out.exists():
-        return
-    if not out.is_dir():
-        raise ArtifactError(f"{out}: exists and is not a directory; remove it or choose another work_dir")
-    if not any(out.iterdir()):
-        return
-    try:
-        stage = read_manifest(out, check_files=False).stage
-    except ArtifactError:
-        stage = None
-    if stage != STAGES[step.kind].stage:
-        what = f"a {stage!r} artifact" if stage else "not an artifact"
-        raise ArtifactError(f"{out}: output folder exists and is {what}, not this recipe's "
-                            f"{STAGES[step.kind].stage!r} output; remove it or choose another work_dir")

@@ -57,7 +57,7 @@ def run_from(model: nn.Module, start: int, hidden: torch.Tensor, kwargs: list[di
     return logits
 
 
-def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
+def mean_kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
     logp = torch.log_softmax(logits.float(), -1)
     return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
 
@@ -108,7 +108,7 @@ def _rounded_kl(t: Target, grid: Grid, logits, ref: torch.Tensor) -> float:
     orig = w.detach().clone()
     try:
         w.copy_(rtn(orig, grid, name=t.name).dequantize())
-        return _kl(ref, logits())
+        return mean_kl(ref, logits())
     finally:
         w.copy_(orig)
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import ExportMismatchError, MissingBackendError
-
-from .quiet import captured_output
+from runtimes.quiet import captured_output
 
 log = logging.getLogger(__name__)
 

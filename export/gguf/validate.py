@@ -22,7 +22,6 @@ Torch is imported here, not in the writer: this is the PyTorch side of the compa
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from pathlib import Path
@@ -32,12 +31,12 @@ import numpy as np
 
 from compress.errors import ExportMismatchError, MissingBackendError
 from compress.memory import release_memory
+from runtimes.quiet import captured_output
 
 from . import blocks
 from .arch import rope_rows
 from .config import FIDELITY, TOLERANCES, GGUFConfig, Tolerance, is_kquant
 from .plan import TensorPlan
-from .quiet import captured_output
 from .source import ExportSource
 
 log = logging.getLogger(__name__)
@@ -139,11 +138,7 @@ def reference_model(src: ExportSource) -> tuple[Any, Any, str]:
     from compress import models
 
     if src.quantization is not None:
-        try:  # the quantize stage registers its loader on import
-            importlib.import_module("compress.quantize")
-        except ImportError:
-            pass
-        if src.stage not in models._ARTIFACT_LOADERS:
+        if models.artifact_loader(src.stage) is None:
             return _dequantized_reference(src) + ("dequantized by the export (no quantize loader registered)",)
     lm = models.load_model(str(src.folder), verify=False)
     return lm.model, lm.tokenizer, f"compress.models.load_model ({src.stage or 'model folder'})"
@@ -192,7 +187,8 @@ def validate_gguf(path: Path, src: ExportSource, plan: list[TensorPlan], *, tole
     norm offset inside a 4-bit type's quality budget."""
     import torch
 
-    from compress.gguf_import import check_ids, llamacpp_logits, torch_logits
+    from compress.data import check_ids
+    from compress.gguf_import import llamacpp_logits, torch_logits
 
     model, tok, how = reference_model(src)
     torch.set_num_threads(threads)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def check_ids(tokenizer, n: int) -> list[int]:
-    from compress.gguf_import import check_ids as fixed_ids
+    from compress.data import check_ids as fixed_ids
 
     return fixed_ids(tokenizer, n)[:n]
 
