@@ -145,6 +145,39 @@ def is_complete(path: str | Path, content: str | None = None) -> bool:
     return content is None or m.content_id == content
 
 
+def reusable(out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None, force: bool = False) -> bool:
+    """True when ``out_dir`` already holds this work (same content id): the stage returns it instead of
+    redoing it. ``force`` always redoes."""
+    if force or input_id is None or not is_complete(out_dir, content_id(stage, config, input_id)):
+        return False
+    log.warning("%s already holds this %s (same content id): kept", out_dir, stage)
+    return True
+
+
+def precheck_output(out_dir: str | Path, *, force: bool, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Before loading anything: refuse an output that can never be written. A complete artifact of ours
+    is let through unless ``force``: whether it is reused or refused needs the input's id
+    (:func:`reuse_or_check`, once the model is loaded)."""
+    if force or not is_complete(out_dir):
+        check_writable_target(Path(out_dir), force=force, inputs=inputs)
+
+
+def reuse_or_check(out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None,
+                   force: bool = False, inputs: Iterable[str | Path | None] = ()) -> bool:
+    """Every stage's one decision about its output: True = it already holds this work, reuse it; False =
+    it may be written (empty, or ``force`` on one of our own artifacts); anything else is refused with
+    ArtifactError - a stale artifact is never kept silently.
+
+        if reuse_or_check(out, stage="quantize", config=cfg, input_id=lm.model_id, force=force):
+            return out
+        with ArtifactWriter(out, stage="quantize", config=cfg, input_id=lm.model_id, force=force) as art: ...
+    """
+    if reusable(out_dir, stage=stage, config=config, input_id=input_id, force=force):
+        return True
+    check_writable_target(Path(out_dir), force=force, inputs=inputs)
+    return False
+
+
 class ArtifactWriter:
     """Context manager that builds an artifact in a temporary sibling and renames it into place.
 

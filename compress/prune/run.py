@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..data import load_text
 from ..errors import ConfigError, ModelLoadError
-from ..manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
+from ..manifest import MANIFEST, ArtifactWriter, precheck_output, read_manifest, reuse_or_check
 from ..progress import steps
 from .config import PruneConfig
 from .model_ops import copy_tokenizer_files, decoder_layers, param_count, source_folder
@@ -75,15 +75,12 @@ def prune(model_spec: str, cfg: PruneConfig, out_dir: str | Path, *, force: bool
     with steps(f"prune {cfg.describe()}", 5) as step:
         step("checking the input")
         check_input(model_spec, cfg.method)
-        if not (out.exists() and is_complete(out)):
-            check_writable_target(out, force=force, inputs=(model_spec, cfg.calib))
+        precheck_output(out, force=force, inputs=(model_spec, cfg.calib))
         step("loading the model")
         lm = load_model(model_spec)
-        if not force and is_complete(out, content_id("prune", cfg, lm.model_id)):
-            log.warning("%s already holds this pruning (same content id): kept", out)
+        if reuse_or_check(out, stage="prune", config=cfg, input_id=lm.model_id, force=force,
+                          inputs=(model_spec, cfg.calib)):
             return out
-        if out.exists() and is_complete(out):
-            check_writable_target(out, force=force, inputs=(model_spec, cfg.calib))
         check_target(lm.model, cfg)
         ids = calibration_ids(lm.tokenizer, load_text(cfg.calib), samples=cfg.samples, seq_len=cfg.seq_len,
                               seed=cfg.seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..data import load_text
 from ..errors import ModelLoadError
-from ..manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
+from ..manifest import MANIFEST, ArtifactWriter, precheck_output, read_manifest, reuse_or_check
 from ..progress import steps
 from .artifact import save_artifact
 from .calibrate import calibration_ids
@@ -58,15 +58,13 @@ def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False
     with steps(f"quantize {cfg.scheme}", 5 + bool(cfg.eval_tokens)) as step:
         step("checking the input")
         refuse_quantized_input(model)
-        if not dry_run and not (out.exists() and is_complete(out)):
-            check_writable_target(out, force=force, inputs=(model, cfg.calib))
+        if not dry_run:
+            precheck_output(out, force=force, inputs=(model, cfg.calib))
         step("loading the model")
         lm = load_model(model)
-        if not force and not dry_run and is_complete(out, content_id("quantize", cfg, lm.model_id)):
-            log.warning("%s already holds this quantization (same content id): kept", out)
+        if not dry_run and reuse_or_check(out, stage="quantize", config=cfg, input_id=lm.model_id, force=force,
+                                          inputs=(model, cfg.calib)):
             return out
-        if not dry_run and out.exists() and is_complete(out):
-            check_writable_target(out, force=force, inputs=(model, cfg.calib))
         check_finite(lm.model)
         plan = make_plan(lm.model, cfg)  # lists every layer the group size does not fit
         calib = None

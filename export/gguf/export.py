@@ -20,7 +20,7 @@ from typing import Any
 from gguf import GGUFReader, GGUFValueType, LlamaFileType
 
 from compress.errors import ArtifactError
-from compress.manifest import ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
+from compress.manifest import ArtifactWriter, read_manifest, reuse_or_check
 from compress.progress import steps
 
 from .arch import ArchSpec, Dims, spec_for
@@ -73,10 +73,9 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     with steps(f"export {cfg.qtype} GGUF", 5 + is_kquant(cfg.qtype) + bool(cfg.imatrix())) as step:
         step("reading the artifact")
         src = open_source(artifact, qtype=cfg.qtype)  # a GGUF input as its own type: refused
-        if not force and is_complete(out_dir, content_id(STAGE, cfg, src.input_id)):
-            log.info("%s already holds this export; reusing it", out_dir)
+        if reuse_or_check(out_dir, stage=STAGE, config=cfg, input_id=src.input_id, force=force,
+                          inputs=[artifact]):  # before any work
             return out_dir / read_manifest(out_dir).report["gguf_file"]
-        check_writable_target(out_dir, force=force, inputs=[artifact])  # before any work
         spec, dims, plan, metadata, tok_info = prepare(src, cfg)  # refuses a re-rounding before any work
         qtype = resolved_qtype(src, cfg)
         name = gguf_filename(file_type(plan, qtype))

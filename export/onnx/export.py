@@ -22,7 +22,7 @@ import onnx
 
 from compress.errors import ArtifactError, CompressError
 from compress.memory import release_memory
-from compress.manifest import MANIFEST, ArtifactWriter, check_writable_target, content_id, is_complete, read_manifest
+from compress.manifest import MANIFEST, ArtifactWriter, precheck_output, read_manifest, reusable, reuse_or_check
 from compress.progress import steps
 from compress.quantize.format import QUANT_JSON, read_quantization_json
 
@@ -54,22 +54,15 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
     from runtimes.onnx_runtime import OnnxDecoder, make_session
 
     out_dir = Path(out_dir).absolute()
-    earlier = not force and is_complete(out_dir)
-    if not earlier:
-        check_writable_target(out_dir, force=force, inputs=[artifact])  # before minutes of loading
+    precheck_output(out_dir, force=force, inputs=[artifact])  # before minutes of loading
     _check_carry_early(artifact, cfg)
-    cheap_id = _input_id(artifact)
-    if earlier and cheap_id and is_complete(out_dir, content_id(STAGE, cfg, cheap_id)):
-        log.info("%s already holds this export; reusing it", out_dir)
+    if reusable(out_dir, stage=STAGE, config=cfg, input_id=_input_id(artifact), force=force):
         return out_dir / MODEL_FILE
     with steps(f"export ONNX {cfg.precision}", 5) as step:
         step("loading the artifact")
         lm = _load(artifact)
-        if earlier:  # a finished artifact is there: the same export (reuse it) or another (refuse)
-            if is_complete(out_dir, content_id(STAGE, cfg, lm.model_id)):
-                log.info("%s already holds this export; reusing it", out_dir)
-                return out_dir / MODEL_FILE
-            check_writable_target(out_dir, force=force, inputs=[artifact])
+        if reuse_or_check(out_dir, stage=STAGE, config=cfg, input_id=lm.model_id, force=force, inputs=[artifact]):
+            return out_dir / MODEL_FILE
         spec = spec_for(lm.model.config)
         dims = model_dims(lm.model, spec)
         src = open_weights(lm)
