@@ -11,13 +11,12 @@ calibration text shorter than samples x seq_len. The artifact is built in a temp
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 from pathlib import Path
 
 from ..data import load_text
 from ..errors import ModelLoadError
 from ..manifest import MANIFEST, ArtifactWriter, precheck_output, read_manifest, reuse_or_check
+from ..memory import peak_rss_mb  # one definition: VmHWM, not ru_maxrss inherited across fork
 from ..progress import steps
 from .artifact import save_artifact
 from .calibrate import calibration_ids
@@ -40,12 +39,6 @@ def refuse_quantized_input(spec: str) -> None:
     if ours or (src.path / "quantization.json").is_file():
         raise ModelLoadError(f"{spec}: already quantized (a compress quantize artifact); quantizing its "
                              "dequantized weights again would compound the rounding - start from the original model")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 def run_quantize(model: str, cfg: QuantConfig, out: Path, *, force: bool = False,
