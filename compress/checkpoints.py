@@ -13,23 +13,46 @@ from .errors import ModelLoadError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+def safetensors_header(path: Path, error: type[Exception] = ModelLoadError) -> tuple[dict[str, dict], int]:
+    """The one reader of a safetensors header, torch-free: ``{tensor: {"dtype", "shape", "data_offsets"}}``
+    without ``__metadata__``, and the byte where the data starts. Raises ``error`` naming the file when
+    the header is corrupt or a tensor's data lies past the end of the file (a truncated copy).
+
+        header, data_start = safetensors_header(Path("model.safetensors"))
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise error(f"{path}: truncated safetensors ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise error(f"{path}: truncated safetensors ({size} bytes, header alone needs {n + 8})")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise error(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise error(f"{path}: corrupt safetensors header (not a mapping)")
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        try:
+            info["shape"] = [int(d) for d in info["shape"]]
+            begin, end = info["data_offsets"] = [int(x) for x in info["data_offsets"]]
+            info["dtype"] = str(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise error(f"{path}: corrupt safetensors entry for tensor {name}") from None
+        if 8 + n + end > size:
+            raise error(f"{path}: truncated safetensors: tensor {name} ends at byte {8 + n + end} of {size}")
+    return header, 8 + n
+
+
 def check_safetensors(path: Path) -> None:
     """Header parses and every tensor's data lies inside the file (a truncated copy fails here)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ModelLoadError(f"{path}: truncated safetensors ({size} bytes, no header)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise ModelLoadError(f"{path}: truncated safetensors ({size} bytes, header alone needs {n + 8})")
-            header = json.loads(fh.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelLoadError(f"{path}: corrupt safetensors header") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ModelLoadError(f"{path}: truncated safetensors ({size} bytes, its header needs {8 + n + end})")
+    safetensors_header(path)
 
 
 def check_gguf(path: Path) -> None:

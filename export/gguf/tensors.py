@@ -13,11 +13,11 @@ and tensor, so a truncated or corrupt artifact is refused before anything is wri
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from compress.checkpoints import safetensors_header
 from compress.errors import ArtifactError
 
 # safetensors dtype -> (numpy dtype, is a float that becomes float32 on read)
@@ -26,7 +26,6 @@ _DTYPES = {
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
-_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 
 
 class SafetensorsFolder:
@@ -96,35 +95,17 @@ class SafetensorsFolder:
 
 
 def _read_header(path: Path) -> dict[str, dict]:
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ArtifactError(f"{path}: corrupt safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
-            raise ArtifactError(f"{path}: corrupt safetensors file (header of {n} bytes in a {size}-byte file)")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{path}: corrupt safetensors header (not a mapping)")
-    header.pop("__metadata__", None)
-    data_start = 8 + n
+    """compress.checkpoints' reader, plus what the exporter needs: a dtype it can read, and byte
+    ranges that match the shape."""
+    header, data_start = safetensors_header(path, ArtifactError)
     out = {}
     for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"{path}: corrupt safetensors entry for tensor {name}") from None
+        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in _DTYPES:
             raise ArtifactError(f"{path}: tensor {name} has dtype {dtype}; readable: {', '.join(_DTYPES)}")
         want = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
         if end - begin != want or begin < 0:
             raise ArtifactError(f"{path}: tensor {name} claims {end - begin} bytes but shape {shape} "
                                 f"({dtype}) needs {want}")
-        if data_start + end > size:
-            raise ArtifactError(f"{path}: truncated: tensor {name} ends at byte {data_start + end} of {size}")
         out[name] = {"dtype": dtype, "shape": shape, "abs_offsets": (data_start + begin, data_start + end)}
     return out
