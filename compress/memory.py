@@ -63,3 +63,15 @@ def peak_rss_mb() -> float:
     Linux carries that across fork + exec, so a worker started by a 1 GB parent would report 1 GB
     whatever it loads."""
     return memory_status()["peak"]
+
+
+def peak_rss_with_children_mb() -> float:
+    """The largest resident set of this process or of any child it waited for (bench workers), MB: what
+    ``compress run`` prints after each stage. ``ru_maxrss`` is the only record a finished child leaves."""
+    import resource
+    import sys
+
+    scale = 1 / (1 << 20) if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return max(peak_rss_mb(), children)
+

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..errors import ArtifactError, ConfigError
 from ..manifest import is_complete, read_manifest
+from ..memory import peak_rss_with_children_mb
 from .checks import model_folder
 from .recipe import Recipe, Step
 from .stages import STAGES, report_done
@@ -152,7 +153,7 @@ def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
             if step.kind == "report":
                 result.report = produced
             echo(f"  {step.label:<28} ran in {result.seconds[step.key]:.1f} s   {_where(step, ctx)}   "
-                 f"(peak RSS so far {peak_rss_mb():.0f} MB)")
+                 f"(peak RSS so far {peak_rss_with_children_mb():.0f} MB)")
         if step.kind == "report" and result.report is None:
             result.report = ctx.path_of(step.inputs[0]) / "report" / "report.md"
         if step.kind == "check" and not read_manifest(step.out).report.get("passed"):
@@ -164,16 +165,6 @@ def run_recipe(recipe: Recipe, echo: Callable[[str], None]) -> RunResult:
         total = sum(result.seconds.values())
         echo(f"ran {len(result.ran)} of {len(recipe.steps)} stages in {total:.1f} s ({len(result.cached)} cached)")
     return result
-
-
-def peak_rss_mb() -> float:
-    """Largest resident set of this process or any stage subprocess it waited for (bench workers), MB.
-    Printed after each stage: the stage whose line raises it is the one that sets the run's peak."""
-    import resource
-    import sys
-
-    scale = 1 / (1 << 20) if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB on Linux
-    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * scale
 
 
 def _release_memory() -> None:
