@@ -145,7 +145,8 @@ def is_complete(path: str | Path, content: str | None = None) -> bool:
     return content is None or m.content_id == content
 
 
-def reusable(out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None, force: bool = False) -> bool:
+def reusable(out_dir: str | Path, *, stage: str, config: StageConfig, input_id: str | None,
+             force: bool = False) -> bool:
     """True when ``out_dir`` already holds this work (same content id): the stage returns it instead of
     redoing it. ``force`` always redoes."""
     if force or input_id is None or not is_complete(out_dir, content_id(stage, config, input_id)):
