@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = "content-ids.json"
 _CHUNK = 1 << 22
-# the weight files a Hugging Face folder may hold (pickles only where the loader allows them)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _cache_path() -> Path:
@@ -91,7 +89,9 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
     safetensors = tuple(sorted(folder.glob("*.safetensors")))
     if safetensors:
         return safetensors
-    return tuple(sorted(f for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()))
+    from .checkpoints import PICKLE_SUFFIXES  # the same files inspect_hf_folder would load
+
+    return tuple(sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file()))
 
 
 def folder_id(folder: str | Path, weights: Iterable[Path] | None = None) -> str:
