@@ -127,3 +127,15 @@ def test_llama3_rope_scaling_is_rebuilt_from_rope_freqs_on_import(f32_gguf):
             want["original_max_position_embeddings"] / want[k], rel=1e-4)
     r = read_manifest(folder).report
     assert r["torch_perplexity"] == pytest.approx(r["llamacpp_perplexity"], rel=0.03)
+
+
+def test_a_quantize_of_a_gguf_file_is_carried_into_gguf_exactly(f32_gguf, tmp_path, run_cli):
+    """The issue's other GGUF path: compress quantize reads the file (dequantized, checked against llama.cpp),
+    and its integers reach GGUF blocks unchanged like any quantize artifact's."""
+    rc, _, err = run_cli("quantize", f32_gguf(), "--scheme", "int4-rtn", "--group-size", "32", "--eval-tokens", "0",
+                         "--out", tmp_path / "q")
+    assert rc == 0, err
+    rc, _, err = run_cli("export", tmp_path / "q", "--format", "gguf", "--qtype", "Q4_0", "--out", tmp_path / "g")
+    assert rc == 0, err
+    r = read_manifest(tmp_path / "g").report
+    assert r["exactness"]["checked"] > 0 and r["validation"]["top1_agreement"] >= r["validation"]["min_top1"]

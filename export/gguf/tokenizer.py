@@ -82,6 +82,9 @@ def source_gguf(src: ExportSource) -> Path | None:
     if getattr(src, "gguf_input", None) is not None:  # a GGUF input: llama.cpp's own vocabulary, as it was
         return src.gguf_input
     m = src.manifest
+    read_from = _gguf_it_was_read_from(m)
+    if read_from is not None:
+        return read_from
     if m is not None and m.stage == "fetch" and m.report.get("source_gguf"):
         return bundled_gguf(m.config["name"])
     mine = _digest(src.folder / "tokenizer.json")
@@ -98,6 +101,21 @@ def source_gguf(src: ExportSource) -> Path | None:
                 log.warning("tokenizer matches %s but its GGUF is unavailable (%s); converting tokenizer.json", name, e)
                 return None
     return None
+
+
+def _gguf_it_was_read_from(m) -> Path | None:
+    """The .gguf an artifact was made from (``compress quantize model.gguf``, an import), when it is still there
+    with the same content: its vocabulary is llama.cpp's own, where the tokenizer transformers converted from it
+    may carry tokens of its own (``<|endoftext|>`` past the last row on a vocabulary without one)."""
+    if m is None or not str(m.input_id or "").startswith("gguf:"):
+        return None
+    name = m.report.get("source_gguf") or m.report.get("input")
+    path = Path(name).expanduser() if isinstance(name, str) else None
+    if path is None or path.suffix != ".gguf" or not path.is_file():
+        return None
+    from compress.manifest import file_digest
+
+    return path if "gguf:" + file_digest(path)[:16] == m.input_id else None
 
 
 def _digest(path: Path) -> str | None:
