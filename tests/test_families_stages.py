@@ -40,8 +40,8 @@ def test_every_family_is_benched_in_each_runtime_with_accuracy_and_latency(name,
     arts = {"int8": ["quantize", ref, "--scheme", "int8", "--eval-tokens", "0", "--out", tmp_path / "int8"],
             "q8_0": ["export", ref, "--format", "gguf", "--qtype", "Q8_0", "--check-tokens", "32",
                      "--out", tmp_path / "q8_0"],
-            "onnx": ["export", ref, "--format", "onnx", "--qtype", "fp32", "--max-length", "256", "--check-tokens", "32",
-                     "--out", tmp_path / "onnx"]}
+            "onnx": ["export", ref, "--format", "onnx", "--qtype", "fp32", "--max-length", "256",
+                     "--check-tokens", "32", "--out", tmp_path / "onnx"]}
     for label, args in arts.items():
         rc, _, err = run_cli(*args)
         assert rc == 0, f"{label}: {err}"

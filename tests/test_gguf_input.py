@@ -88,7 +88,8 @@ def test_a_gguf_input_as_its_own_type_is_refused_before_the_import(qtype, f32_gg
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and "is already a F32 GGUF" in lines[0] and "another --qtype" in lines[0], err
     assert not (tmp_path / "o").exists() and not (cache_root() / "imports").exists()
-    rc, _, err = run_cli("export", f32_gguf(), "--format", "gguf", "--qtype", qtype, "--dry-run", "--out", tmp_path / "o")
+    rc, _, err = run_cli("export", f32_gguf(), "--format", "gguf", "--qtype", qtype, "--dry-run",
+                         "--out", tmp_path / "o")
     assert rc == 2 and "is already a F32 GGUF" in err
 
 
