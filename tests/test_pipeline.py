@@ -109,7 +109,8 @@ def test_second_run_does_nothing_and_a_changed_stage_redoes_only_itself(tmp_path
 
     # the quantize stage changes: it and the GGUF reading it run again, the ONNX of the model does not
     data = yaml.safe_load(recipe.read_text())
-    data["quantize"][0]["symmetric"] = False
+    # (per channel: a grid Q8_0 still holds exactly; an asymmetric int8 would now be refused by the export)
+    data["quantize"][0]["group_size"] = 0
     recipe.write_text(yaml.safe_dump(data))
     rc, out, err = run_cli("run", recipe)
     assert rc == 0, err
@@ -117,7 +118,7 @@ def test_second_run_does_nothing_and_a_changed_stage_redoes_only_itself(tmp_path
     assert again["export-onnx"] == first["export-onnx"]
     assert again["quantize-q8"] != first["quantize-q8"] and again["export-gguf"] != first["export-gguf"]
     assert json.loads((work / "quantize-q8" / "quantization.json").read_text())  # a readable artifact
-    assert read_manifest(work / "quantize-q8").config["symmetric"] is False
+    assert read_manifest(work / "quantize-q8").config["group_size"] == 0
 
 
 def test_an_output_folder_that_is_not_this_stages_artifact_is_never_replaced(tmp_path, run_cli):
