@@ -61,3 +61,15 @@ def test_faithful_export_is_blamed_on_the_quantizer(exports):
     r = diagnose(exports[0], DiagnoseConfig(tokens=128, threads=1, granularity="block"))
     assert r["export"]["blame"] == "quantizer"
     assert r["export"]["tensors"]["differs"] == []
+
+
+def test_onnx_export_is_compared_with_its_artifact_in_onnxruntime(exports, tmp_path):
+    from compress.diagnose import DiagnoseConfig, diagnose
+    from export.onnx import OnnxConfig, export_onnx
+
+    q4 = exports[0].parent / "int4"
+    onnx = export_onnx(str(q4), OnnxConfig(precision="int4", max_length=512, check_tokens=32), tmp_path / "onnx").parent
+    r = diagnose(onnx, DiagnoseConfig(tokens=128, threads=1, granularity="block"))
+    ex = r["export"]
+    assert ex["runtime"] == "onnxruntime" and ex["blame"] == "quantizer" and "tensors" not in ex
+    assert ex["kl_export"] < 0.5 * ex["kl_quantizer"]
