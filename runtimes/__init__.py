@@ -14,6 +14,8 @@ from .base import DeviceProfile, Generation, Runtime, get_runtime, known_runtime
 # export-onnx artifacts (issue #4); onnxruntime itself is imported only when a session is made
 register_runtime("onnxruntime", "runtimes.onnx_runtime", "OnnxRuntime", "onnxruntime==1.32.0")
 # export-gguf artifacts and plain .gguf files (issue #5)
+# the same export-onnx folders through onnxruntime-genai's generator (issue #14), as apps embed them
+register_runtime("onnxruntime-genai", "runtimes.genai_runtime", "GenaiRuntime", "onnxruntime-genai==0.18.0")
 register_runtime("llama.cpp", "runtimes.llama_cpp_runtime", "LlamaCppRuntime", "llama-cpp-python==0.3.36")
 
 __all__ = ["DeviceProfile", "Generation", "Runtime", "get_runtime", "known_runtimes"]

@@ -5,7 +5,11 @@
 Inputs: ``input_ids`` int64 [batch, seq], ``attention_mask`` int64 [batch, past + seq],
 ``past_key_values.{i}.key|value`` float32 [batch, kv_heads, past, head_dim] and ``logits_to_keep``
 (int64 scalar: 0 = every position, k > 0 = only the last k, which spares prefill the vocabulary
-projection of the prompt; a required input, because onnxruntime folds an initializer-backed default). Outputs: ``logits`` float32 and ``present.{i}.key|value``.
+projection of the prompt). ``logits_to_keep`` is optional: an initializer of the same name holds its
+default, 0, so onnxruntime-genai's generator, which feeds only the inputs it knows, gets every position
+(an initializer that is also a graph input is overridable, and onnxruntime does not fold it; our loop
+still feeds 1). Outputs: ``logits`` float32 and ``present.{i}.key|value``; ``genai.py`` writes the
+``genai_config.json`` that names them for onnxruntime-genai.
 
 Per layer, as onnxruntime-genai builds it: SkipSimplifiedLayerNormalization (residual add + RMSNorm in
 one op), one MatMul/MatMulNBits for q, k and v together, GroupQueryAttention (rotary from cos/sin tables,
@@ -199,6 +203,7 @@ class _Builder:
             for kv in ("key", "value"):
                 g.inputs.append(value_info(f"past_key_values.{i}.{kv}", FLOAT, ["batch", ld.kv_heads, "past", d.head_dim]))
         g.inputs.append(value_info("logits_to_keep", INT64, []))
+        g.init("logits_to_keep", np.array(0, np.int64))  # the default: every position
         rope = {key: (g.init(f"rope.{key}.cos", c), g.init(f"rope.{key}.sin", s)) for key, (c, s) in rope_np.items()}
         # GroupQueryAttention's bookkeeping, as onnxruntime-genai derives it from the mask
         lens = g.one("ReduceSum", ["attention_mask", g.const([1])], name="mask/len", keepdims=0)

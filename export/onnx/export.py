@@ -29,6 +29,7 @@ from compress.quantize.format import QUANT_JSON, read_quantization_json
 from .arch import model_dims, rope_tables, spec_for
 from .config import OnnxConfig
 from .decoder import build_decoder
+from .genai import write_genai_config
 from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
 from .levels import (LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels,
@@ -101,6 +102,9 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             config.to_json_file(str(art.path / "config.json"))
             if generation_config is not None:
                 generation_config.to_json_file(str(art.path / "generation_config.json"))
+            # the same folder runs in onnxruntime-genai's generator (and the apps that embed it)
+            genai_file = write_genai_config(art.path, dims, config, generation_config, context_length=length,
+                                            model_file=MODEL_FILE)
             step("checking against PyTorch")
             import onnxruntime
 
@@ -118,7 +122,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 "plan": plan.summary(), "carried": plan.carried(), "accuracy_levels": levels.report(),
                 "ops": _op_counts(target), "export_s": round(export_s, 2),
                 "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
-                **_input_fields(artifact)}
+                "genai_config": genai_file, **_input_fields(artifact)}
             if cfg.ort_format:
                 step("converting to .ort")
                 ort_path = to_ort_format(target, art.path)

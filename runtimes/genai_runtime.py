@@ -1,0 +1,109 @@
+"""onnxruntime-genai runtime: runs an ``export-onnx`` artifact through onnxruntime-genai's own generator,
+as the Android/iOS apps that embed it would (its ``genai_config.json`` is written by the export).
+
+    rt = get_runtime("onnxruntime-genai")
+    rt.load("out/smollm2-onnx-int4", DeviceProfile(threads=2))
+    rt.logits([1, 2, 3])                          # (3, vocab) float32, one prefill pass
+    gen = rt.generate([1, 2, 3], max_new_tokens=128)
+
+Greedy search only (``do_sample`` false), so it generates the same tokens as :mod:`runtimes.onnx_runtime`
+on the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from compress.errors import ArtifactError, MissingBackendError
+
+from .base import DeviceProfile, Generation, usable_threads
+
+INSTALL = "pip install onnxruntime-genai"
+STAGE = "export-onnx"
+GENAI_CONFIG = "genai_config.json"
+
+
+def _og():
+    try:
+        import onnxruntime_genai
+    except ImportError:
+        raise MissingBackendError(f"runtime 'onnxruntime-genai' needs onnxruntime-genai: {INSTALL}") from None
+    return onnxruntime_genai
+
+
+class GenaiRuntime:
+    name = "onnxruntime-genai"
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.manifest: Any = None
+        self.path: Path | None = None  # the decoder's model file
+        self.max_length: int | None = None
+
+    def load(self, artifact: str | Path, profile: DeviceProfile) -> None:
+        """Load an ``export-onnx`` artifact directory that holds ``genai_config.json``; the profile's
+        threads become the decoder session's ``intra_op_num_threads``."""
+        from compress.manifest import read_manifest
+
+        og = _og()
+        folder = Path(artifact)
+        self.manifest = read_manifest(folder)
+        if self.manifest.stage != STAGE:
+            raise ArtifactError(f"{folder}: a {self.manifest.stage!r} artifact, not an ONNX export ({STAGE!r}); "
+                                "export it first: compress export ARTIFACT --format onnx")
+        if not (folder / GENAI_CONFIG).is_file():
+            raise ArtifactError(f"{folder}: no {GENAI_CONFIG} (exported before onnxruntime-genai support, or a "
+                                "model with per-layer head counts); export it again: compress export ARTIFACT "
+                                "--format onnx")
+        config = og.Config(str(folder))
+        threads = usable_threads(profile.threads)
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+        genai = json.loads((folder / GENAI_CONFIG).read_text())
+        self.path = folder / genai["model"]["decoder"]["filename"]  # the model file, as OnnxRuntime.path
+        self.max_length = genai["search"]["max_length"]
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def _generator(self, length: int):
+        og = _og()
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=min(length, self.max_length), do_sample=False)
+        return og.Generator(self.model, params)
+
+    def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
+        ids = list(token_ids)
+        gen = self._generator(len(ids) + 1)
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        # the prefill's own output: every position (the graph's logits_to_keep default)
+        rows = np.asarray(gen.get_output("logits"), dtype=np.float32).reshape(len(ids), -1)
+        return rows[-last:] if last else rows
+
+    def generate(self, token_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> Generation:
+        ids = list(token_ids)
+        gen = self._generator(len(ids) + max_new_tokens)
+        t0 = time.perf_counter()
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        new: list[int] = []
+        ttft = None
+        while len(new) < max_new_tokens and not gen.is_done():
+            gen.generate_next_token()
+            nxt = int(gen.get_next_tokens()[0])
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+            new.append(nxt)
+            if nxt in stop_ids:
+                break
+        total = time.perf_counter() - t0
+        return Generation(ids, new, ttft if ttft is not None else total, total)
+
+    def version(self) -> str:
+        return _og().__version__
