@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compress.errors import ArtifactError, MissingBackendError
+from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
 
@@ -74,14 +74,18 @@ class GenaiRuntime:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
     def _generator(self, length: int):
+        if length > self.max_length:
+            # the generator would stop there without a word; our loop refuses the same way
+            raise ConfigError(f"sequence of {length} tokens is longer than this ONNX export runs ({self.max_length}); "
+                              "export again with a larger --max-length")
         og = _og()
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=min(length, self.max_length), do_sample=False)
+        params.set_search_options(max_length=length, do_sample=False)
         return og.Generator(self.model, params)
 
     def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
         ids = list(token_ids)
-        gen = self._generator(len(ids) + 1)
+        gen = self._generator(len(ids))
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         # the prefill's own output: every position (the graph's logits_to_keep default)
         rows = np.asarray(gen.get_output("logits"), dtype=np.float32).reshape(len(ids), -1)

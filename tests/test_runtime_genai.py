@@ -150,3 +150,42 @@ def test_no_genai_config_for_per_layer_head_counts_which_genai_cannot_describe()
     assert genai_config(dims, config, None, context_length=96) is None
     cfg = genai_config(ModelDims(**{**dims.__dict__, "layers": (layer, layer)}), config, None, context_length=96)
     assert cfg["model"]["eos_token_id"] == [2, 3] and cfg["model"]["pad_token_id"] == 2  # pad falls back to eos
+
+
+def test_genai_refuses_a_sequence_longer_than_the_export_like_our_loop():
+    from compress.errors import ConfigError
+
+    ours, theirs = _both(_export("llama", "fp32"))
+    assert theirs.logits(list(range(96))).shape == (96, 320)  # exactly max_length still runs
+    for rt in (ours, theirs):
+        with pytest.raises(ConfigError, match="--max-length"):
+            rt.generate(PROMPT, 96)
+
+
+def test_bench_can_run_an_onnx_export_through_genai_and_count_its_bytes():
+    from compress.harness.roofline import bytes_per_token
+    from compress.harness.targets import resolve_target, select_runtimes
+
+    folder = _export("llama", "fp32")
+    t = resolve_target(folder)
+    assert t.native == "onnxruntime"  # our loop stays the default
+    assert select_runtimes(t, ("onnxruntime-genai",)) == ["onnxruntime-genai"]
+    ours, theirs = _both(folder)
+    assert bytes_per_token(theirs, 10.0) == bytes_per_token(ours, 10.0)
+
+
+def test_bench_rows_of_our_loop_and_genai_on_the_same_folder_agree(tmp_path):
+    from test_bench import small_config
+
+    from compress.harness import bench, read_rows
+
+    work = Path(tempfile.mkdtemp(prefix="genai-bench-"))
+    ref = save_tiny(work / "reference", "llama", seed=0, **LLAMA)
+    onnx = export_onnx(str(ref), OnnxConfig(precision="fp32", max_length=256), work / "onnx").parent
+    cfg = small_config(ref, runtimes=("onnxruntime", "onnxruntime-genai"), depths=(0,), repetitions=1)
+    rows = {r["runtime"]: r for r in read_rows(bench(cfg, [f"onnx={onnx}"], tmp_path / "run"))}
+    assert set(rows) == {"onnxruntime", "onnxruntime-genai"}
+    ours, theirs = rows["onnxruntime"], rows["onnxruntime-genai"]
+    for k in ("perplexity", "kl", "top1", "mc_mean", "bytes_per_token", "file_bytes", "artifact_id"):
+        assert theirs[k] == ours[k], k  # the same file, the same numbers
+    assert theirs["runtime_version"] == og.__version__ and theirs["decode_tok_s"] > 0 and theirs["new_tokens"] == 8

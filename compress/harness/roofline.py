@@ -64,12 +64,12 @@ def bandwidth_gb_s(threads: int, *, mb: int = 512, repeats: int = 5, cache: bool
 
 
 def bytes_per_token(runtime, mean_position: float) -> dict[str, float]:
-    """Bytes one decode step reads in ``runtime`` (a loaded pytorch, onnxruntime or llama.cpp runtime):
+    """Bytes one decode step reads in ``runtime`` (a loaded pytorch, onnxruntime(-genai) or llama.cpp runtime):
     ``weights`` + ``kv`` (the cache at ``mean_position``) = ``total``."""
     name = runtime.name
     if name == "pytorch":
         weights, kv_pos = _torch_bytes(runtime.model)
-    elif name == "onnxruntime":
+    elif name in ("onnxruntime", "onnxruntime-genai"):  # path: the model file, for both
         weights = _onnx_bytes(runtime.path)
         kv_pos = _kv_per_position(json.loads((runtime.path.parent / "config.json").read_text()), 4)
     elif name == "llama.cpp":

@@ -79,6 +79,8 @@ def resolve_target(spec: str | Path, *, plain_folder: bool = False) -> Target:
         loaders = {"llama.cpp": str(p), "pytorch": str(p / m.report["gguf_file"])}
     elif m.stage == "export-onnx":
         loaders = {"onnxruntime": str(p)}
+        if m.report.get("genai_config"):  # the same folder through onnxruntime-genai's generator (#14)
+            loaders["onnxruntime-genai"] = str(p)
     elif m.stage == "bench":
         raise ArtifactError(f"{p}: a bench run directory, not a model artifact")
     else:
