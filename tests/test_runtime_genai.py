@@ -4,8 +4,10 @@ equal our own loop's (runtimes/onnx_runtime.py) on the same file, fp32 and int4,
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,8 @@ from runtimes import DeviceProfile, get_runtime, known_runtimes
 
 og = pytest.importorskip("onnxruntime_genai", reason="pip install onnxruntime-genai")
 
+_WORK = Path(tempfile.mkdtemp(prefix="genai-tests-"))
+atexit.register(shutil.rmtree, _WORK, True)
 PROMPT = [5, 17, 42, 99, 7, 123, 64]
 LLAMA = {"num_attention_heads": 6, "num_key_value_heads": 2}  # head_dim 16: GroupQueryAttention needs x16
 
@@ -31,7 +35,7 @@ def _export(kind: str, precision: str) -> Path:
     """A tiny export, once per process: "llama" and "gemma3" from tests/tiny.py (Gemma3 with a 32-token
     sliding window), "llama-q4" from an RTN quantize artifact whose integers the export carries, or a
     family row of compress.families."""
-    work = Path(tempfile.mkdtemp(prefix="genai-"))
+    work = _WORK / f"{kind}-{precision}"
     if kind == "llama":
         src = save_tiny(work / "src", "llama", seed=0, **LLAMA)
     elif kind == "gemma3":
@@ -129,8 +133,6 @@ def test_genai_runtime_is_registered_and_names_its_install_command(monkeypatch, 
 
 
 def test_genai_runtime_refuses_a_folder_without_genai_config(tmp_path):
-    import shutil
-
     folder = shutil.copytree(_export("llama", "fp32"), tmp_path / "old")
     (folder / "genai_config.json").unlink()
     with pytest.raises(ArtifactError, match="genai_config.json"):
@@ -179,7 +181,7 @@ def test_bench_rows_of_our_loop_and_genai_on_the_same_folder_agree(tmp_path):
 
     from compress.harness import bench, read_rows
 
-    work = Path(tempfile.mkdtemp(prefix="genai-bench-"))
+    work = tmp_path / "src"
     ref = save_tiny(work / "reference", "llama", seed=0, **LLAMA)
     onnx = export_onnx(str(ref), OnnxConfig(precision="fp32", max_length=256), work / "onnx").parent
     cfg = small_config(ref, runtimes=("onnxruntime", "onnxruntime-genai"), depths=(0,), repetitions=1)
