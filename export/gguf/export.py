@@ -20,6 +20,7 @@ from typing import Any
 from gguf import GGUFReader, GGUFValueType, LlamaFileType
 
 from compress.errors import ArtifactError
+from runtimes.base import usable_threads
 from compress.manifest import ArtifactWriter, read_manifest, reuse_or_check
 from compress.progress import steps
 
@@ -70,6 +71,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
     PosixPath('out/q8/model.Q8_0.gguf')
     """
     out_dir = Path(out_dir).absolute()
+    threads = usable_threads(cfg.threads)  # a config file's threads: 100000 must not reach llama.cpp
     with steps(f"export {cfg.qtype} GGUF", 5 + is_kquant(cfg.qtype) + bool(cfg.imatrix())) as step:
         step("reading the artifact")
         src = open_source(artifact, qtype=cfg.qtype)  # a GGUF input as its own type: refused
@@ -95,8 +97,8 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
                         step("importance matrix from calibration text")
                         names = {t.gguf_name for t in plan}
                         imat = {k: v for k, v in importance_matrix(src, spec, tokens=cfg.imatrix(),
-                                                                   threads=cfg.threads).items() if k in names}
-                    quantize_with_llama_cpp(f32, target, cfg.qtype, threads=cfg.threads, embedding_type=emb,
+                                                                   threads=threads).items() if k in names}
+                    quantize_with_llama_cpp(f32, target, cfg.qtype, threads=threads, embedding_type=emb,
                                             imatrix=imat)
                     f32.unlink()
                 else:
@@ -113,7 +115,7 @@ def export_gguf(artifact: str | Path, cfg: GGUFConfig, out_dir: str | Path, *, f
             t1 = time.perf_counter()
             tol, basis = carried_tolerance(plan, cfg, qtype)
             validation = validate_gguf(target, src, plan, tolerance=tol, check_tokens=cfg.check_tokens,
-                                       threads=cfg.threads, tokenizer_must_match=tok_info["tokenizer_source"]
+                                       threads=threads, tokenizer_must_match=tok_info["tokenizer_source"]
                                        .startswith("built"))
             validation["tolerance_basis"] = basis
             art.report.update(_report(src, spec, dims, plan, metadata, tok_info, cfg, target, readback,
