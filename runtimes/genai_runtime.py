@@ -7,7 +7,8 @@ as the Android/iOS apps that embed it would (its ``genai_config.json`` is writte
     gen = rt.generate([1, 2, 3], max_new_tokens=128)
 
 Greedy search only (``do_sample`` false), so it generates the same tokens as :mod:`runtimes.onnx_runtime`
-on the same file.
+on the same file. Unlike our loop, the generator also stops at the model's end token (as an app would):
+the Generation holds the tokens it made, and its speeds count those.
 """
 
 from __future__ import annotations
