@@ -22,7 +22,7 @@ from compress.memory import memory_status, peak_rss_mb  # noqa: F401  (peak_rss_
 
 
 _BACKENDS = {"pytorch": ("torch", "transformers", "compress.models"), "onnxruntime": ("onnxruntime", "transformers"),
-             "llama.cpp": ("llama_cpp",)}
+             "llama.cpp": ("llama_cpp",), "onnxruntime-genai": ("onnxruntime_genai",)}
 
 
 def preimport(runtime: str) -> None:
