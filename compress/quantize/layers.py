@@ -89,12 +89,9 @@ def check_not_quantized(model: nn.Module) -> None:
 
 def check_finite(model: nn.Module) -> None:
     """Name every tensor holding NaN or inf: one would poison the scales and every later layer."""
-    bad = []
-    for name, p in model.named_parameters():
-        finite = torch.isfinite(p)
-        if not bool(finite.all()):
-            nans = int(torch.isnan(p).sum())
-            bad.append(f"{name} ({nans} NaN, {int((~finite).sum()) - nans} inf)")
+    from ..finite import nonfinite_tensors
+
+    bad = nonfinite_tensors(model)
     if bad:
         raise ModelLoadError(f"non-finite weights in {len(bad)} tensor(s): {', '.join(bad)}")
 
