@@ -70,7 +70,14 @@ class Generation:
 class Runtime(Protocol):
     name: str
 
-    def load(self, artifact: str | Path, profile: DeviceProfile) -> None: ...
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None,
+             verify: bool = True) -> None:
+        """Load ``artifact`` with ``profile.threads`` threads. ``n_ctx``: the longest sequence the caller will
+        run (llama.cpp sizes its context by it; an ONNX export's length was fixed when it was exported).
+        ``verify``: run the checks that compare what was loaded with a stored reference (PyTorch re-checks a
+        GGUF import against llama.cpp's perplexity); a latency run turns them off so that its load time and
+        memory are the weights' alone. Runtimes without such checks ignore it."""
+        ...
 
     def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
         """Next-token logits: float32 array (len(token_ids), vocab), or only the final ``last`` rows
@@ -81,15 +88,37 @@ class Runtime(Protocol):
 
     def version(self) -> str: ...
 
+    def weight_bytes(self) -> float:
+        """Bytes of weights one decode step reads, at their stored precision (an untied embedding table
+        counts one row). Parses the model file when asked: call it after any memory reading."""
+        ...
 
-# name -> (module, class, pip requirement that provides the backend)
-_RUNTIMES: dict[str, tuple[str, str, str]] = {
-    "pytorch": ("runtimes.torch_runtime", "TorchRuntime", "torch==2.13.0"),
+    def kv_bytes_per_position(self) -> float:
+        """Bytes the KV cache grows by per position (K and V of every layer, at the cache's dtype)."""
+        ...
+
+
+# name -> (module, class, pip requirement that provides the backend, the backend's own modules)
+_RUNTIMES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "pytorch": ("runtimes.torch_runtime", "TorchRuntime", "torch==2.13.0", ("torch", "transformers", "compress.models")),
 }
 
 
-def register_runtime(name: str, module: str, cls: str, requirement: str) -> None:
-    _RUNTIMES[name] = (module, cls, requirement)
+def register_runtime(name: str, module: str, cls: str, requirement: str, imports: tuple[str, ...] = ()) -> None:
+    """``imports``: the modules the runtime's backend loads lazily (see :func:`import_backend`)."""
+    _RUNTIMES[name] = (module, cls, requirement, tuple(imports))
+
+
+def _entry(name: str) -> tuple[str, str, str, tuple[str, ...]]:
+    if name not in _RUNTIMES:
+        raise ConfigError(f"unknown runtime {name!r}{suggest(name, _RUNTIMES)}; known: {', '.join(known_runtimes())}")
+    return _RUNTIMES[name]
+
+
+def import_backend(name: str) -> None:
+    """Import runtime ``name``'s backend now: a timed load then measures reading weights, not Python imports."""
+    for mod in _entry(name)[3]:
+        importlib.import_module(mod)
 
 
 def known_runtimes() -> list[str]:
@@ -98,9 +127,7 @@ def known_runtimes() -> list[str]:
 
 def get_runtime(name: str) -> Runtime:
     """A new, unloaded runtime by name; imports its backend lazily."""
-    if name not in _RUNTIMES:
-        raise ConfigError(f"unknown runtime {name!r}{suggest(name, _RUNTIMES)}; known: {', '.join(known_runtimes())}")
-    module, cls, requirement = _RUNTIMES[name]
+    module, cls, requirement, _ = _entry(name)
     try:
         mod = importlib.import_module(module)
     except ImportError as e:

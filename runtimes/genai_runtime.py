@@ -23,6 +23,7 @@ import numpy as np
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
+from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
 INSTALL = "pip install onnxruntime-genai"
 STAGE = "export-onnx"
@@ -47,9 +48,11 @@ class GenaiRuntime:
         self.path: Path | None = None  # the decoder's model file
         self.max_length: int | None = None
 
-    def load(self, artifact: str | Path, profile: DeviceProfile) -> None:
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None,
+             verify: bool = True) -> None:
         """Load an ``export-onnx`` artifact directory that holds ``genai_config.json``; the profile's
-        threads become the decoder session's ``intra_op_num_threads``."""
+        threads become the decoder session's ``intra_op_num_threads``. The export fixed its length
+        (``search.max_length``, checked per call), so ``n_ctx`` is not needed; no load-time checks."""
         from compress.manifest import read_manifest
 
         og = _og()
@@ -112,3 +115,9 @@ class GenaiRuntime:
 
     def version(self) -> str:
         return _og().__version__
+
+    def weight_bytes(self) -> float:
+        return onnx_weight_bytes(self.path)
+
+    def kv_bytes_per_position(self) -> float:
+        return onnx_kv_bytes_per_position(self.path)

@@ -20,6 +20,7 @@ import numpy as np
 from compress.errors import ArtifactError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
+from .sizes import gguf_kv_bytes_per_position, gguf_weight_bytes
 
 STAGE = "export-gguf"
 INSTALL = "pip install llama-cpp-python"
@@ -61,10 +62,11 @@ class LlamaCppRuntime:
         self.path: Path | None = None
         self.tokenizer: Any = None  # llama.cpp tokenizes itself (self.llm.tokenize); the harness passes ids
 
-    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None) -> None:
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None,
+             verify: bool = True) -> None:
         """Open the GGUF with ``profile.threads`` threads and a context of ``n_ctx`` positions (default
         1024, capped at the model's training context). Every position's logits are kept (``logits_all``)
-        so that :meth:`logits` can score a whole window in one eval."""
+        so that :meth:`logits` can score a whole window in one eval. No load-time checks (``verify``)."""
         llama_cpp = _llama_cpp()
         self.path = gguf_path(artifact)
         n_ctx = n_ctx or DEFAULT_CTX
@@ -123,3 +125,9 @@ class LlamaCppRuntime:
 
     def version(self) -> str:
         return _llama_cpp().__version__
+
+    def weight_bytes(self) -> float:
+        return gguf_weight_bytes(self.path)
+
+    def kv_bytes_per_position(self) -> float:
+        return gguf_kv_bytes_per_position(self.path)

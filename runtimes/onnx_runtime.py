@@ -23,6 +23,7 @@ import numpy as np
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
+from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,11 @@ class OnnxRuntime:
         self.manifest: Any = None
         self.path: Path | None = None
 
-    def load(self, artifact: str | Path, profile: DeviceProfile, *, model_file: str | None = None) -> None:
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None, verify: bool = True,
+             model_file: str | None = None) -> None:
         """Load an ``export-onnx`` artifact directory (``model_file``: e.g. ``model.ort``; default the
-        manifest's choice, ``model.onnx``)."""
+        manifest's choice, ``model.onnx``). The export fixed its length (``max_length``, checked per call),
+        so ``n_ctx`` is not needed; no load-time checks (``verify``)."""
         from compress.manifest import read_manifest
 
         folder = Path(artifact)
@@ -195,3 +198,9 @@ class OnnxRuntime:
 
     def version(self) -> str:
         return _ort().__version__
+
+    def weight_bytes(self) -> float:
+        return onnx_weight_bytes(self.path)
+
+    def kv_bytes_per_position(self) -> float:
+        return onnx_kv_bytes_per_position(self.path)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .base import DeviceProfile, Generation, usable_threads
+from .sizes import torch_kv_bytes_per_position, torch_weight_bytes
 
 
 class TorchRuntime:
@@ -20,12 +21,14 @@ class TorchRuntime:
         self.tokenizer: Any = None
         self.loaded: Any = None
 
-    def load(self, artifact: str | Path, profile: DeviceProfile, *, allow_pickle: bool = False,
-             trust_remote_code: bool = False) -> None:
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None, verify: bool = True,
+             allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+        """Any model argument :func:`compress.models.load_model` takes; ``n_ctx`` is not needed (the cache
+        grows as it goes); ``verify``: the re-check of a GGUF import against llama.cpp's stored perplexity."""
         from compress.models import load_model
 
         torch.set_num_threads(usable_threads(profile.threads))
-        self.use(load_model(artifact, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
+        self.use(load_model(artifact, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, verify=verify))
 
     def use(self, loaded) -> "TorchRuntime":
         """Wrap an already loaded model (a :class:`compress.models.LoadedModel`)."""
@@ -57,3 +60,9 @@ class TorchRuntime:
 
     def version(self) -> str:
         return torch.__version__
+
+    def weight_bytes(self) -> float:
+        return torch_weight_bytes(self.model)
+
+    def kv_bytes_per_position(self) -> float:
+        return torch_kv_bytes_per_position(self.model)

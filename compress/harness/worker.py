@@ -21,34 +21,19 @@ from typing import Any
 from compress.memory import memory_status, peak_rss_mb  # noqa: F401  (peak_rss_mb: re-exported)
 
 
-_BACKENDS = {"pytorch": ("torch", "transformers", "compress.models"), "onnxruntime": ("onnxruntime", "transformers"),
-             "llama.cpp": ("llama_cpp",), "onnxruntime-genai": ("onnxruntime_genai",)}
-
-
 def preimport(runtime: str) -> None:
     """Import the backend before the load clock starts: load time is reading weights, not Python imports."""
-    import importlib
+    from runtimes import import_backend
 
-    for mod in _BACKENDS.get(runtime, ()):
-        importlib.import_module(mod)
+    import_backend(runtime)
 
 
 def load_runtime(runtime: str, path: str, profile, n_ctx: int):
-    """A loaded runtime; PyTorch skips the import re-check (that is evaluation, not loading)."""
+    """A loaded runtime, without load-time checks (a GGUF import's re-check is evaluation, not loading)."""
     from runtimes import get_runtime
 
     rt = get_runtime(runtime)
-    if runtime == "pytorch":
-        import torch
-
-        from compress.models import load_model
-
-        torch.set_num_threads(profile.threads)
-        rt.use(load_model(path, verify=False))
-    elif runtime == "llama.cpp":
-        rt.load(path, profile, n_ctx=n_ctx)
-    else:
-        rt.load(path, profile)
+    rt.load(path, profile, n_ctx=n_ctx, verify=False)
     return rt
 
 
