@@ -401,19 +401,18 @@ def _grid_from_types(model: str, types: dict[str, int]) -> str:
 
 
 def _export_cmd(m) -> str:
-    fmt = "gguf" if m.stage == "export-gguf" else "onnx"
+    from compress.kinds import KINDS
+
+    fmt = KINDS[m.stage].export_format
     return f"compress export {m.report.get('input', '?')} --format {fmt} {cli_options(m.config)}".strip()
 
 
 def cli_options(config: dict) -> str:
     """The options of a manifest's config that differ from that stage's defaults, as CLI flags."""
-    from compress.config import registered_configs
+    from compress.kinds import KINDS
 
-    import export.gguf  # noqa: F401  (registers export-gguf)
-    import export.onnx  # noqa: F401  (registers export-onnx)
-
-    cls = registered_configs().get(config.get("type", ""))
-    default = cls().to_dict() if cls else {}
+    kind = KINDS.get(config.get("type", ""))
+    default = kind.config_class()().to_dict() if kind else {}
     opts = []
     for k, v in config.items():
         if k in ("type", "version", "threads") or (k in default and default[k] == v):

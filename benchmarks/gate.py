@@ -26,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = {"smollm2-135m": ROOT / "benchmarks" / "baselines" / "smollm2-pipeline.json",
              "tiny": ROOT / "benchmarks" / "baselines" / "tiny-pipeline.json"}
-sys.path.insert(0, str(ROOT / "tests"))
 # onnxruntime's GroupQueryAttention needs head_dim % 16 == 0: 6 heads of 16 (hidden 96, 2 KV heads)
 SHAPE = {"num_attention_heads": 6, "num_key_value_heads": 2}
 
@@ -35,9 +34,9 @@ def build_tiny(work: Path, perturb: float = 0.0) -> tuple[Path, list[str]]:
     """The tiny reference and its four artifacts as LABEL=PATH specs. ``perturb`` adds Gaussian noise of
     that relative size to the reference's weights before quantizing (a degraded pipeline, same labels)."""
     from compress.quantize import QuantConfig, run_quantize
+    from compress.tiny import save_perturbed, save_tiny
     from export.gguf import GGUFConfig, export_gguf
     from export.onnx import OnnxConfig, export_onnx
-    from tiny import save_perturbed, save_tiny
 
     ref = save_tiny(work / "reference", "llama", seed=0, **SHAPE)
     src = ref

@@ -6,8 +6,9 @@
     lm = load_model("HuggingFaceTB/SmolLM2-135M")   # hub id, for users who are online
 
 :func:`resolve_model` only looks at names and paths (cheap, for ``--dry-run``); :func:`load_model`
-loads weights. Artifacts of later stages (e.g. quantized models) register a loader keyed by the
-stage in their manifest.
+loads weights. An artifact of a later stage is loaded as its row of :mod:`compress.kinds` says: by
+that stage's own loader (a quantized model), from the file PyTorch reads in it (a GGUF export), or
+refused when PyTorch does not run it (an ONNX export, a bench run).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import bundled as _bundled
+from . import kinds
 from .checkpoints import blame_json, check_gguf, inspect_hf_folder
 from .content import folder_id
 from .errors import ModelLoadError
@@ -57,8 +59,7 @@ def resolve_model(spec: str | Path) -> ModelSource:
     p = Path(s).expanduser()
     if p.exists():
         if p.is_dir():
-            exported = _exported_gguf(p)
-            return ModelSource(s, "gguf", exported) if exported else ModelSource(s, "hf_dir", p)
+            return _artifact_model_file(p, s) or ModelSource(s, "hf_dir", p)
         if p.suffix == ".gguf":
             return ModelSource(s, "gguf", p)
         raise ModelLoadError(f"{s}: not a model folder or a .gguf file")
@@ -72,45 +73,26 @@ def resolve_model(spec: str | Path) -> ModelSource:
     raise AssertionError("unreachable")
 
 
-def _exported_gguf(folder: Path) -> Path | None:
-    """The .gguf inside a GGUF export folder (folders are documented as accepted everywhere); an ONNX
-    export is refused with what to do instead of 'no config.json'."""
+def _artifact_model_file(folder: Path, spec: str) -> ModelSource | None:
+    """For an artifact whose kind PyTorch runs from a file inside it (a GGUF export, as folders are
+    documented as accepted everywhere): that file. An artifact PyTorch does not run is refused with what
+    to do instead of 'no config.json'; None for a folder PyTorch loads as it is."""
     if not (folder / MANIFEST).is_file():
         return None
     m = read_manifest(folder)
-    if m.stage == "export-onnx":
-        raise ModelLoadError(f"{folder}: an ONNX export; PyTorch stages read the folder it was exported from "
-                             f"(measure this one with: compress bench {folder})")
-    if m.stage != "export-gguf":
+    k = kinds.KINDS.get(m.stage)
+    if k is None:
         return None
-    ggufs = [n for n in m.files if n.endswith(".gguf") and "/" not in n and not n.startswith(".")]
-    if len(ggufs) != 1:
-        raise ModelLoadError(f"{folder}: expected one .gguf file in the export, found {len(ggufs)}")
-    return folder / ggufs[0]
-
-
-# manifest stage -> loader(folder, manifest) for artifacts that are not plain HF folders
-ArtifactLoader = Callable[[Path, Any], LoadedModel]
-_ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
-# stage -> module that registers its loader on import (imported on demand, keeping startup light)
-_STAGE_MODULES = {"quantize": "compress.quantize.artifact"}
-
-
-def register_artifact_loader(stage: str, loader: ArtifactLoader) -> None:
-    _ARTIFACT_LOADERS[stage] = loader
-
-
-def artifact_loader(stage: str | None) -> ArtifactLoader | None:
-    """The loader registered for artifacts of ``stage`` (importing the stage's module on first use), or
-    None: a plain transformers folder, or a stage whose code is not installed."""
-    if stage is not None and stage not in _ARTIFACT_LOADERS and stage in _STAGE_MODULES:
-        import importlib
-
-        try:
-            importlib.import_module(_STAGE_MODULES[stage])
-        except ImportError:  # e.g. an export-only install without the quantize stage
-            return None
-    return _ARTIFACT_LOADERS.get(stage) if stage is not None else None
+    runs = next((r for r in k.runs if r.runtime == "pytorch"), None)
+    if runs is None:
+        hint = f"; it runs in {k.native} (measure it with: compress bench {folder})" if k.is_model else ""
+        raise ModelLoadError(f"{folder}: a {m.stage!r} artifact, which PyTorch does not load{hint}" +
+                             ("; PyTorch stages read the folder it was exported from" if k.export_format else ""))
+    if runs.file is None:
+        return None
+    if not isinstance(m.report.get(runs.file), str):
+        raise ModelLoadError(f"{folder}: its manifest names no {runs.file} (the file PyTorch loads)")
+    return dataclasses.replace(resolve_model(folder / m.report[runs.file]), spec=spec)
 
 
 def load_model(spec: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -170,12 +152,13 @@ def _load_folder(folder: Path, src: ModelSource, *, allow_pickle: bool, trust_re
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
-    loader = artifact_loader(manifest.stage) if manifest is not None else None
-    if loader is not None:
+    kind = kinds.KINDS.get(manifest.stage) if manifest is not None else None
+    if kind is not None and kind.loader is not None:
+        loader = kinds.pytorch_loader(manifest.stage)
+        if loader is None:
+            raise ModelLoadError(f"{folder}: a {manifest.stage!r} artifact, and the code that loads it "
+                                 f"({kind.loader}) cannot be imported")
         return loader(folder, manifest)
-    if manifest is not None and manifest.stage in _STAGE_MODULES:
-        raise ModelLoadError(f"{folder}: a {manifest.stage!r} artifact, and the code that loads it "
-                             f"({_STAGE_MODULES[manifest.stage]}) cannot be imported")
     info = inspect_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

@@ -1,4 +1,5 @@
-"""Tiny models and tokenizers built in-process (seconds, no network), for every test tier.
+"""Tiny models and tokenizers built in-process (seconds, no network): every test tier and the CI gate's
+tiny pipeline (benchmarks/gate.py) build on them.
 
 Widths are deliberately not multiples of 64 (hidden 96) and KV heads are grouped, like the real
 models' awkward shapes (SmolLM2's 576 is not a multiple of 128).

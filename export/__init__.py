@@ -3,9 +3,11 @@
     from export import GGUFConfig, export_gguf
     export_gguf("smollm2-135m", GGUFConfig(qtype="Q4_K_M"), "out/q4km")
 
-Formats: GGUF (:mod:`export.gguf`). The CLI (:mod:`export.cli`) dispatches ``--format`` through a
-table, so another format is one entry there. Names are imported on first use: the CLI imports this
-package at start-up and should not pay for gguf-py there.
+Formats: GGUF for llama.cpp (:mod:`export.gguf`) and ONNX for onnxruntime (:mod:`export.onnx`); each
+reads an artifact, writes the file, and validates it against PyTorch before the output is complete.
+The CLI (:mod:`export.cli`) dispatches ``--format`` through the export rows of :mod:`compress.kinds`,
+so another format is a package like these plus one row there. Names are imported on first use: the
+CLI imports this package at start-up and should not pay for gguf-py there.
 """
 
 from __future__ import annotations

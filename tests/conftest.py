@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("COMPRESS_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
 
-from tiny import save_tiny  # noqa: E402
+from compress.tiny import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def tiny_pipeline(perturb: float = 0.0) -> dict[str, Path]:
     from compress.quantize import QuantConfig, run_quantize
     from export.gguf import GGUFConfig, export_gguf
     from export.onnx import OnnxConfig, export_onnx
-    from tiny import save_perturbed, save_tiny
+    from compress.tiny import save_perturbed, save_tiny
 
     torch.set_num_threads(1)
     work = _WORK / f"pipeline-{perturb}"

@@ -20,7 +20,7 @@ HOSTILE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
 def chat_model(tmp_path_factory):
     """A tiny Llama folder whose tokenizer carries a chat template."""
     from transformers import AutoTokenizer
-    from tiny import save_tiny
+    from compress.tiny import save_tiny
 
     # 6 heads of 16: onnxruntime's GroupQueryAttention needs a head width that is a multiple of 16
     folder = save_tiny(tmp_path_factory.mktemp("chat") / "tiny", "llama", num_attention_heads=6, num_key_value_heads=2)

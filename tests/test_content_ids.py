@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiny import save_tiny
+from compress.tiny import save_tiny
 
 from compress.content import CACHE_FILE, file_hash, folder_id
 from compress.manifest import content_id, read_manifest

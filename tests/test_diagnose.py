@@ -33,7 +33,7 @@ def coarsen_layer(folder: Path, name: str) -> None:
 def one_bad_layer(root: Path) -> tuple[Path, Path]:
     """(reference folder, int4 RTN g32 artifact with BAD coarsened)."""
     from compress.quantize import QuantConfig, run_quantize
-    from tiny import save_tiny
+    from compress.tiny import save_tiny
 
     ref = save_tiny(root / "reference", "llama", seed=0, num_attention_heads=6, num_key_value_heads=2)
     good = run_quantize(str(ref), QuantConfig(scheme="int4-rtn", group_size=32, eval_tokens=0), root / "int4")

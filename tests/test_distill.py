@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import build_model, build_tokenizer, save_tiny
+from compress.tiny import build_model, build_tokenizer, save_tiny
 
 from compress.distill import DistillConfig, TrainingDivergedError, default_checkpoint_dir, distill
 from compress.distill.data import SampleOrder

@@ -22,15 +22,15 @@ atexit.register(shutil.rmtree, _ROOT, True)
 
 @functools.lru_cache(maxsize=None)
 def _tokenizer(add_bos: bool):
-    from tiny import build_tokenizer
+    from compress.tiny import build_tokenizer
 
     return build_tokenizer(add_bos=add_bos)
 
 
 @functools.lru_cache(maxsize=None)
 def memorized_tiny(arch: str = "llama", steps: int = 60, **overrides) -> Path:
-    """A tiny model (tests/tiny.py shapes unless overridden) trained to memorize the check ids."""
-    from tiny import build_model
+    """A tiny model (compress/tiny.py shapes unless overridden) trained to memorize the check ids."""
+    from compress.tiny import build_model
 
     from compress.gguf_import import check_ids
 

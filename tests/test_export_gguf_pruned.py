@@ -7,7 +7,7 @@ import json
 import gguf
 import pytest
 from test_export_gguf_helpers import memorized_tiny, prune_tiny
-from tiny import save_tiny
+from compress.tiny import save_tiny
 
 from compress.errors import ArtifactError, IncompatibleLayerError
 from compress.manifest import read_manifest

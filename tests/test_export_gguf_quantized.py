@@ -172,9 +172,9 @@ def test_corrupt_quantized_tensor_is_refused_naming_it(tmp_path):
 def test_reference_without_the_quantize_stages_loader_is_the_exact_dequantization(tmp_path, monkeypatch):
     """Exports do not depend on compress.quantize being importable: the reference is then rebuilt from
     the artifact's integers by the export itself."""
-    from compress import models
+    from compress import kinds
 
-    monkeypatch.setattr(models, "artifact_loader", lambda stage: None)
+    monkeypatch.setattr(kinds, "pytorch_loader", lambda stage: None)
     art = rtn_artifact(memorized_tiny("gemma3"), tmp_path / "int4", bits=4, group=32)
     path = export_gguf(art, GGUFConfig(qtype="Q4_0"), tmp_path / "gguf")
     v = read_manifest(path.parent).report["validation"]

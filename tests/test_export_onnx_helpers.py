@@ -39,7 +39,7 @@ SHAPES = {"llama": {"num_attention_heads": 6, "num_key_value_heads": 2},
 @functools.lru_cache(maxsize=None)
 def peaked(arch: str = "llama", steps: int = 40, **overrides) -> Path:
     """A tiny model that has memorized the check ids (saved once per process)."""
-    from tiny import build_model, build_tokenizer
+    from compress.tiny import build_model, build_tokenizer
 
     name = "-".join([arch, str(steps)] + [f"{k}{v}" for k, v in sorted(overrides.items())])
     path = _ROOT / f"peaked-{name}"

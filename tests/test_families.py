@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from artifact_fixtures import train_on_ids
-from tiny import FAMILY_CONFIGS, FAMILY_TOKENIZERS, family_model, family_tokenizer, save_family
+from compress.tiny import FAMILY_CONFIGS, FAMILY_TOKENIZERS, family_model, family_tokenizer, save_family
 
 from compress.errors import IncompatibleLayerError
 from compress.families import BY_NAME, FAMILIES, check_model_files, family_for
@@ -234,8 +234,11 @@ def test_settings_the_exporters_cannot_carry_are_refused_with_the_reason():
 
     with pytest.raises(IncompatibleLayerError, match="use_sliding_window is True, not supported for qwen2: llama.cpp"):
         check_config(BY_NAME["qwen2"], {"use_sliding_window": True}, "x")
-    phi = BY_NAME["phi3"]
-    with pytest.raises(IncompatibleLayerError, match="rope_type 'longrope' is not supported for phi3"):
-        check_config(phi, {"rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}}, "x")
-    with pytest.raises(IncompatibleLayerError, match="partial_rotary_factor 0.75"):
-        check_config(phi, {"partial_rotary_factor": 0.75}, "x")
+    phi = BY_NAME["phi3"]  # longrope and partial rotary are carried (tests/test_families_longrope.py), if coherent
+    with pytest.raises(IncompatibleLayerError, match=r"rope short_factor has 1 values; longrope needs one per rotary "
+                                                     r"frequency \(48 = rotary dims 96 / 2\)"):
+        check_config(phi, {"rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]},
+                           "hidden_size": 3072, "num_attention_heads": 32, "original_max_position_embeddings": 4096},
+                     "x")
+    with pytest.raises(IncompatibleLayerError, match="partial_rotary_factor 0.75 is not supported for qwen2"):
+        check_config(BY_NAME["qwen2"], {"partial_rotary_factor": 0.75}, "x")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import save_family
+from compress.tiny import save_family
 
 from compress.families import FAMILIES, family_for
 from compress.manifest import read_manifest

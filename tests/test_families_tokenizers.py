@@ -8,7 +8,7 @@ import shutil
 
 import gguf
 import pytest
-from tiny import _training_text, build_tokenizer, family_model
+from compress.tiny import _training_text, build_tokenizer, family_model
 
 from compress.errors import IncompatibleLayerError
 from compress.manifest import read_manifest

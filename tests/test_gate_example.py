@@ -32,7 +32,7 @@ def run_step(script: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def user_repo(tmp_path_factory):
-    from tiny import save_tiny
+    from compress.tiny import save_tiny
 
     repo = tmp_path_factory.mktemp("user-repo")
     model = save_tiny(repo / "model", "llama", seed=0, num_attention_heads=6, num_key_value_heads=2)

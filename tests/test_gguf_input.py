@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from artifact_fixtures import train_on_ids
-from tiny import family_model, family_tokenizer
+from compress.tiny import family_model, family_tokenizer
 
 from compress.manifest import read_manifest
 
@@ -115,7 +115,7 @@ def test_llama3_rope_scaling_is_rebuilt_from_rope_freqs_on_import(f32_gguf):
     import json
 
     from compress.fetch import import_gguf
-    from tiny import FAMILY_CONFIGS
+    from compress.tiny import FAMILY_CONFIGS
 
     folder = import_gguf(f32_gguf("llama"))
     config = json.loads((folder / "config.json").read_text())

@@ -20,7 +20,7 @@ SHAPE = {"num_attention_heads": 6, "num_key_value_heads": 2}  # GroupQueryAttent
 def _fake_fetch(gguf_id: str) -> Path:
     """A tiny model in the bundled model's cache folder, as ``compress fetch`` leaves it (stage fetch);
     another ``gguf_id`` stands for a re-fetch from a new package: same name, new content id."""
-    from tiny import build_model, build_tokenizer
+    from compress.tiny import build_model, build_tokenizer
 
     with ArtifactWriter(cached_folder(BUNDLED_NAME), stage="fetch", config=FetchConfig(name=BUNDLED_NAME),
                         input_id=gguf_id, force=True) as art:

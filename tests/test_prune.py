@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny import build_model, save_tiny
+from compress.tiny import build_model, save_tiny
 
 from compress.errors import ConfigError
 from compress.manifest import read_manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import save_tiny
+from compress.tiny import save_tiny
 
 FAST = ("--samples", "4", "--seq-len", "32", "--eval-tokens", "64")
 

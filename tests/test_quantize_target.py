@@ -18,7 +18,7 @@ from compress.quantize.format import open_quantized
 from compress.quantize.grid import Grid
 from compress.quantize.layers import Plan, Target
 from compress.quantize.sensitivity import allocate
-from tiny import save_tiny
+from compress.tiny import save_tiny
 
 FAST = ("--samples", "4", "--seq-len", "32", "--eval-tokens", "64")
 

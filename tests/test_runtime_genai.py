@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from artifact_fixtures import rtn_artifact
-from tiny import FAMILY_CONFIGS, save_family, save_tiny
+from compress.tiny import FAMILY_CONFIGS, save_family, save_tiny
 
 from compress.errors import ArtifactError, MissingBackendError
 from compress.manifest import read_manifest
@@ -32,7 +32,7 @@ LLAMA = {"num_attention_heads": 6, "num_key_value_heads": 2}  # head_dim 16: Gro
 
 @functools.lru_cache(maxsize=None)
 def _export(kind: str, precision: str) -> Path:
-    """A tiny export, once per process: "llama" and "gemma3" from tests/tiny.py (Gemma3 with a 32-token
+    """A tiny export, once per process: "llama" and "gemma3" from compress/tiny.py (Gemma3 with a 32-token
     sliding window), "llama-q4" from an RTN quantize artifact whose integers the export carries, or a
     family row of compress.families."""
     work = _WORK / f"{kind}-{precision}"
@@ -101,7 +101,7 @@ def test_genai_config_names_the_graphs_inputs_and_outputs():
     assert (dec["num_attention_heads"], dec["num_key_value_heads"], dec["head_size"]) == (6, 2, 16)
     assert cfg["model"]["type"] == "llama" and cfg["model"]["eos_token_id"] == 2
     assert cfg["search"]["max_length"] == cfg["model"]["context_length"] == 96  # the rotary tables' length
-    assert cfg["search"]["past_present_share_buffer"] is False and cfg["search"]["do_sample"] is False
+    assert cfg["search"]["past_present_share_buffer"] is True and cfg["search"]["do_sample"] is False
     s = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = {i.name for i in s.get_inputs()}
     assert {dec["inputs"]["input_ids"], dec["inputs"]["attention_mask"]} <= names

@@ -20,7 +20,7 @@ _REAL = onnxruntime.get_available_providers()
 @functools.lru_cache(maxsize=None)
 def _export() -> Path:
     from export.onnx import OnnxConfig, export_onnx
-    from tiny import save_tiny
+    from compress.tiny import save_tiny
 
     work = Path(tempfile.mkdtemp(prefix="onnx-provider-"))
     src = save_tiny(work / "src", "llama", seed=0, **SHAPE)

@@ -129,7 +129,7 @@ def test_a_worker_killed_by_the_budget_is_a_measured_verdict_not_an_error(monkey
 def test_a_depth_prompt_is_the_context_before_the_same_prompt_length():
     from compress.harness.config import BenchConfig
     from compress.harness.runner import _prompt_ids
-    from tiny import build_tokenizer
+    from compress.tiny import build_tokenizer
 
     tok = build_tokenizer(add_bos=False)
     cfg = BenchConfig(prompt_tokens=16)

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from ..evaluate import score_windows
+from ..kinds import KINDS
 from ..manifest import read_manifest
 
 log = logging.getLogger(__name__)
-EXPORT_STAGES = {"export-gguf": "llama.cpp", "export-onnx": "onnxruntime"}
 EXPORT_SHARE = 0.5
 EXACT_TOL = 1e-3
 OUTLIER = 4.0
@@ -36,7 +36,7 @@ def export_source(folder: Path) -> tuple[str, Path] | None:
     if not (Path(folder) / "manifest.json").is_file():
         return None
     m = read_manifest(folder, check_files=False)
-    if m.stage not in EXPORT_STAGES:
+    if m.stage not in KINDS or not KINDS[m.stage].export_format:
         return None
     src = m.report.get("input")
     return m.stage, Path(src) if isinstance(src, str) else None
@@ -46,7 +46,7 @@ def compare_runtime(export_dir: Path, stage: str, art_runtime, reference, window
     """KL/top-1 of the runtime against the reference and against the artifact in PyTorch."""
     from runtimes import DeviceProfile, get_runtime
 
-    rt = get_runtime(EXPORT_STAGES[stage])
+    rt = get_runtime(KINDS[stage].native)
     rt.load(export_dir, DeviceProfile(threads=threads))
     q = score_windows(art_runtime, windows, reference=reference)
     r = score_windows(rt, windows, reference=reference)

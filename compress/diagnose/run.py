@@ -118,10 +118,10 @@ def _apply(cfg, result, source: Path, exp, out: Path, ref, toks, ref_logp, force
         applied.update(_reexport(exp[0], Path(result["artifact"]), fixed, force))
         from runtimes import DeviceProfile, get_runtime
 
-        from .exported import EXPORT_STAGES
         from ..evaluate import score_windows
+        from ..kinds import KINDS
 
-        rt = get_runtime(EXPORT_STAGES[exp[0]])
+        rt = get_runtime(KINDS[exp[0]].native)
         rt.load(applied["export_out"], DeviceProfile(threads=cfg.threads))
         reference = StoredLogits.of(_torch_runtime(ref), toks.windows)
         applied["measured_kl_runtime"] = score_windows(rt, toks.windows, reference=reference)["kl"]
@@ -133,15 +133,10 @@ def _apply(cfg, result, source: Path, exp, out: Path, ref, toks, ref_logp, force
 
 def _reexport(stage: str, export_dir: Path, fixed: Path, force: bool) -> dict[str, Any]:
     """Export the fixed artifact with the original export's config, beside it (``DIR-gguf``/``DIR-onnx``)."""
+    from ..kinds import KINDS
+
     man = read_manifest(export_dir)
-    fmt = "gguf" if stage == "export-gguf" else "onnx"
-    out = fixed.parent / f"{fixed.name}-{fmt}"
-    if fmt == "gguf":
-        from export.gguf import GGUFConfig, export_gguf
-
-        export_gguf(str(fixed), GGUFConfig.from_dict(man.config), out, force=force)
-    else:
-        from export.onnx import OnnxConfig, export_onnx
-
-        export_onnx(str(fixed), OnnxConfig.from_dict(man.config), out, force=force)
+    kind = KINDS[stage]
+    out = fixed.parent / f"{fixed.name}-{kind.export_format}"
+    kind.verb()(str(fixed), kind.config_class().from_dict(man.config), out, force=force)
     return {"export_out": str(out), "export_config": man.config}

@@ -2,6 +2,10 @@
 
     from compress.distill import DistillConfig, distill
     distill(DistillConfig(teacher="smollm2-135m", student="out/smol-20l", steps=200), "out/smol-kd")
+
+Modules: :mod:`.config`, :mod:`.data` (token stream and sample order), :mod:`.setup` (checks and the
+layer map), :mod:`.loss`, :mod:`.checkpoint` (atomic, resumable), :mod:`.loop` (the stage) and
+:mod:`.cli`.
 """
 
 import importlib

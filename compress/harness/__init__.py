@@ -5,6 +5,12 @@
     write_report(run)                                   # run/report/report.{md,html} + PNG plots
     result = check(run, "baseline.json", CheckConfig()) # result.passed, result.table()
 
+Modules in the order a bench run flows: :mod:`.config` and :mod:`.profiles` (what to run, on what
+device), :mod:`.targets` (artifacts and the runtimes their kind names), :mod:`.runner` (the run;
+:mod:`.accuracy` in process, :mod:`.worker` per runtime in a pinned process via :mod:`.enforce`,
+:mod:`.roofline`), :mod:`.tables`, :mod:`.labels` and :mod:`.report` (what it shows), :mod:`.gate`
+(``check`` against a baseline) and :mod:`.cli`.
+
 Names are imported lazily: the latency worker (``python -m compress.harness.worker``) runs in this
 package, and a llama.cpp worker must not pay torch's import in its peak RSS.
 """

@@ -26,7 +26,8 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.finite import is_finite_number
-from compress.manifest import read_manifest, unique_keys
+from compress.manifest import read_manifest
+from compress.manifest_schema import unique_keys
 
 from .runner import read_rows
 from .config import CheckConfig

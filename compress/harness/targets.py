@@ -5,6 +5,7 @@
     t.native                                    # "llama.cpp": what bench runs unless told otherwise
 
 Ids, stages and file sizes come from manifests, never from guesses; a folder without one is refused.
+Which runtimes run an artifact, and what each one loads, is its kind's row in :mod:`compress.kinds`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from compress.content import folder_id
 from compress.errors import ArtifactError, ConfigError
+from compress.kinds import KINDS
 from compress.manifest import MANIFEST, Manifest, file_digest, read_manifest
 
 # files whose bytes a device has to store; tokenizer and config files are left out (Gemma's
@@ -75,22 +77,18 @@ def resolve_target(spec: str | Path, *, plain_folder: bool = False) -> Target:
         raise ArtifactError(f"{p}: no {MANIFEST}; bench reads artifact ids and sizes from manifests, so it takes "
                             "what compress wrote (fetch, quantize, export) or a .gguf file")
     m = read_manifest(p)
-    if m.stage == "export-gguf":
-        loaders = {"llama.cpp": str(p), "pytorch": str(p / m.report["gguf_file"])}
-    elif m.stage == "export-onnx":
-        loaders = {"onnxruntime": str(p)}
-        if m.report.get("genai_config"):  # the same folder through onnxruntime-genai's generator (#14)
-            loaders["onnxruntime-genai"] = str(p)
-    elif m.stage == "bench":
-        raise ArtifactError(f"{p}: a bench run directory, not a model artifact")
-    else:
-        loaders = {"pytorch": str(p)}
+    kind = KINDS.get(m.stage)
+    if kind is not None and not kind.is_model:
+        raise ArtifactError(f"{p}: a {m.stage} run directory, not a model artifact")
+    # the runtimes of the kind's row; a stage the table does not know is a transformers folder
+    loaders = kind.runtime_paths(p, m.report) if kind is not None else {"pytorch": str(p)}
     return Target(label or p.name, s, m.stage, m.content_id, weight_bytes(m, p), loaders, source_model(m))
 
 
 def weight_bytes(m: Manifest, folder: Path) -> int:
-    """Bytes of the weight files the manifest lists (for an ONNX export, only the model file it loads)."""
-    skip = {m.report["ort_file"]} if m.stage == "export-onnx" and m.report.get("ort_file") else set()
+    """Bytes of the weight files the manifest lists (for an ONNX export with a mobile .ort copy, only the
+    model file it loads)."""
+    skip = {m.report["ort_file"]} if m.report.get("ort_file") else set()
     return sum(size for name, size in m.files.items() if name.endswith(_WEIGHT_SUFFIXES) and name not in skip)
 
 

@@ -10,35 +10,10 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import IncompatibleLayerError, ModelLoadError
-
-if TYPE_CHECKING:
-    from .recipe import Step
-    from .runner import Context
-
-
-def model_folder(spec: str) -> Path | None:
-    """The folder holding the model's config.json (bundled: the cache, once fetched); typed errors for
-    models that must not load (pickle checkpoints, their own code)."""
-    from ..checkpoints import check_gguf, inspect_hf_folder
-    from ..models import resolve_model
-
-    src = resolve_model(spec)
-    if src.kind == "bundled":
-        from ..fetch import cached_folder
-
-        folder = cached_folder(src.spec)
-        return folder if (folder / "config.json").is_file() else None
-    if src.kind == "hf_dir":
-        manifest = src.path / "manifest.json"
-        if not manifest.is_file():
-            inspect_hf_folder(src.path)  # refuses pickle-only checkpoints and trust_remote_code models
-        return src.path
-    if src.kind == "gguf":
-        check_gguf(src.path)
-    return None
+from .context import Context, model_folder
+from .recipe import Step
 
 
 @functools.lru_cache(maxsize=8)
@@ -55,7 +30,7 @@ def meta_model(folder: str):
         return AutoModelForCausalLM.from_config(config)
 
 
-def check_quantize(step: "Step", ctx: "Context") -> str:
+def check_quantize(step: Step, ctx: Context) -> str:
     from ..data import load_text
     from ..quantize.layers import make_plan
     from ..quantize.run import refuse_quantized_input
@@ -85,7 +60,7 @@ def check_quantize(step: "Step", ctx: "Context") -> str:
     return note
 
 
-def check_export(step: "Step", ctx: "Context") -> str:
+def check_export(step: Step, ctx: Context) -> str:
     """The architecture is one the format supports (config.json of the input, or of the model)."""
     key = step.inputs[0]
     upstream = ctx.recipe.step(key) if key != "model" else None

@@ -15,7 +15,9 @@ from rich.console import Console
 def chat_hint(recipe) -> str | None:
     """The export to try first: the smallest GGUF of the recipe's own quantized artifacts (llama.cpp starts
     fastest), else any export."""
-    exports = [s for s in recipe.steps if s.kind in ("export-gguf", "export-onnx") and s.out.is_dir()]
+    from ..kinds import KINDS
+
+    exports = [s for s in recipe.steps if s.kind in KINDS and KINDS[s.kind].export_format and s.out.is_dir()]
     if not exports:
         return None
 
@@ -24,7 +26,7 @@ def chat_hint(recipe) -> str | None:
 
     # the recipe's own quantized artifacts first (not a quant of the float model made for comparison)
     ours = [s for s in exports if s.inputs and s.inputs[0] != "model"] or exports
-    ggufs = [s for s in ours if s.kind == "export-gguf"]
+    ggufs = [s for s in ours if KINDS[s.kind].native == "llama.cpp"]
     best = min(ggufs or ours, key=size)
     return f"compress chat {_rel(best.out)}"
 

@@ -26,10 +26,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-
 from ..config import StageConfig, read_yaml_file, suggest
 from ..errors import ConfigError
-from .stages import STAGES, config_class
+from ..kinds import by_format, kind as stage_kind
 
 TOP_KEYS = ("model", "work_dir", "prune", "distill", "quantize", "export", "bench", "report", "check")
 # recipe-only keys per section: they wire stages together and are not config fields
@@ -38,7 +37,6 @@ WIRING: dict[str, tuple[str, ...]] = {
     "bench": ("name", "artifacts"), "report": ("name", "bench"), "check": ("name", "bench", "baseline"),
 }
 LIST_SECTIONS = ("quantize", "export", "bench")
-EXPORT_FORMATS = {"gguf": "export-gguf", "onnx": "export-onnx"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -48,7 +46,7 @@ class Step:
 
     section: str
     name: str
-    kind: str  # key of STAGES
+    kind: str  # a stage of compress.kinds, or "report"
     config: StageConfig | None
     inputs: tuple[str, ...]
     out: Path
@@ -119,6 +117,11 @@ def _name(p: Path, section: str, i: int, entry: dict[str, Any], default: str | N
     return name
 
 
+def config_class(kind: str) -> type[StageConfig] | None:
+    """The config class of a step's kind (None for ``report``, which has no settings)."""
+    return None if kind == "report" else stage_kind(kind).config_class()
+
+
 def _config(p: Path, section: str, i: int, name: str, kind: str, entry: dict[str, Any],
             filled: dict[str, Any] | None = None) -> StageConfig | None:
     cls = config_class(kind)
@@ -173,15 +176,11 @@ def _steps(p: Path, data: dict[str, Any], work: Path) -> list[Step]:
     exports: dict[str, str] = {}
     for i, e in enumerate(_entries(p, data, "export")):
         name = _name(p, "export", i, e, None)
-        fmt = e.get("format")
-        if fmt not in EXPORT_FORMATS:
-            raise ConfigError(f"{p}: export[{i}] ({name}).format: {fmt!r} is not an export format"
-                              f"{suggest(str(fmt), EXPORT_FORMATS)}; choose one of: {', '.join(EXPORT_FORMATS)}")
+        kind = by_format(e.get("format"), where=f"{p}: export[{i}] ({name}).format").stage
         src = e.get("from", "model")
         if src not in variants:
             raise ConfigError(f"{p}: export[{i}] ({name}).from: {src!r} is not a quantize variant"
                               f"{suggest(str(src), variants)}; choose one of: {', '.join(variants)}")
-        kind = EXPORT_FORMATS[fmt]
         exports[name] = add("export", name, kind, _config(p, "export", i, name, kind, e), (variants[src],),
                             False).key
     benches: dict[str, str] = {}

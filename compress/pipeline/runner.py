@@ -18,50 +18,11 @@ from typing import Callable
 from ..errors import ArtifactError, ConfigError
 from ..manifest import is_complete, read_manifest
 from ..memory import peak_rss_with_children_mb
-from .checks import model_folder
+from .context import Context, root_id
 from .recipe import Recipe, Step
 from .stages import STAGES, report_done
 
 log = logging.getLogger(__name__)
-
-
-def root_id(spec: str) -> str | None:
-    """The content id stages record for the recipe's model (None: not known until it is fetched)."""
-    from ..manifest import file_digest
-    from ..models import resolve_model
-
-    src = resolve_model(spec)
-    if src.kind == "gguf":
-        return "gguf:" + file_digest(src.path)[:16]
-    if src.kind == "hub":
-        return "hub:" + src.spec
-    folder = model_folder(spec)
-    if folder is None:
-        return None
-    if (folder / "manifest.json").is_file():
-        return read_manifest(folder).content_id
-    from ..checkpoints import inspect_hf_folder
-    from ..content import folder_id  # the id load_model gives a plain folder: must be the same one
-
-    return folder_id(folder, inspect_hf_folder(folder).weights)
-
-
-class Context:
-    """What stages see: input paths and content ids, and whether an output may be replaced."""
-
-    def __init__(self, recipe: Recipe) -> None:
-        self.recipe = recipe
-        self.ids: dict[str, str | None] = {"model": root_id(recipe.model)}
-
-    def path_of(self, key: str):
-        return self.recipe.model if key == "model" else self.recipe.step(key).out
-
-    def id_of(self, key: str) -> str | None:
-        return self.ids.get(key)
-
-    def force(self, step: Step) -> bool:
-        """Replace the output only when it is this stage's own stale artifact (checked by check_outputs)."""
-        return step.out.exists() and step.kind != "report" and any(step.out.iterdir())
 
 
 @dataclasses.dataclass
@@ -203,7 +164,7 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-# ---- outputs: here, above the stage table, so that checks.py never imports stages.py ----------------
+# ---- outputs ---------------------------------------------------------------------------------------
 
 def check_outputs(recipe: Recipe) -> None:
     """work_dir is writable, and every existing output folder is one this recipe may replace."""
@@ -236,7 +197,7 @@ def check_replaceable(step: Step) -> None:
         stage = read_manifest(out, check_files=False).stage
     except ArtifactError:
         stage = None
-    if stage != STAGES[step.kind].stage:
+    if stage != step.kind:
         what = f"a {stage!r} artifact" if stage else "not an artifact"
         raise ArtifactError(f"{out}: output folder exists and is {what}, not this recipe's "
-                            f"{STAGES[step.kind].stage!r} output; remove it or choose another work_dir")
+                            f"{step.kind!r} output; remove it or choose another work_dir")

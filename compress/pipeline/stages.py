@@ -1,57 +1,48 @@
-"""The table of stage kinds a recipe can name: each one's config, verb, content id and dry-run checks.
+"""The table of step kinds a recipe can name: each one's verb, content id and dry-run checks.
 
     STAGES["quantize"].run(step, ctx)         # calls run_quantize(input, cfg, step.out, force=...)
     STAGES["quantize"].expected_id(step, ctx) # the content id its manifest will carry
 
-A new stage is one :class:`StageKind` here. Verbs are imported when used, so a recipe without a
-distill section never imports the distillation code (or torch's optimizers).
+A stage whose verb takes one input (``make`` in its row of :mod:`compress.kinds`: prune, quantize, every
+export format) needs nothing here; the others (distill, bench, report, check) have a :class:`StageKind`
+of their own. Verbs are imported when used, so a recipe without a distill section never imports the
+distillation code (or torch's optimizers).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from ..config import StageConfig, registered_configs
 from ..errors import ConfigError
+from ..kinds import KINDS
 from ..manifest import content_id, file_digest, is_complete
+from .checks import check_export, check_quantize
+from .context import Context
+from .recipe import Step
 
-if TYPE_CHECKING:
-    from .recipe import Step
-    from .runner import Context
+
+def _nothing_to_check(step: Step, ctx: Context) -> str:
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
 class StageKind:
-    stage: str  # the manifest's stage name, and the config registry key
-    module: str | None  # imported to register the config class
-    run: Callable[["Step", "Context"], Path]
-    expected_id: Callable[["Step", "Context"], str | None]
-    dry_check: Callable[["Step", "Context"], str] = lambda step, ctx: ""
-
-
-def config_class(kind: str) -> type[StageConfig] | None:
-    """The registered config class of a stage kind (None for ``report``, which has no settings)."""
-    if kind not in STAGES:
-        raise ConfigError(f"unknown stage kind {kind!r}")
-    module = STAGES[kind].module
-    if module is None:
-        return None
-    importlib.import_module(module)
-    return registered_configs()[STAGES[kind].stage]
+    run: Callable[[Step, Context], Path]
+    expected_id: Callable[[Step, Context], str | None]
+    dry_check: Callable[[Step, Context], str] = _nothing_to_check
 
 
 # ---- content ids: what the verb will write into its manifest, from the inputs' ids -------------------
 
-def _single_input_id(step: "Step", ctx: "Context") -> str | None:
+def _single_input_id(step: Step, ctx: Context) -> str | None:
     src = ctx.id_of(step.inputs[0])
     return None if src is None else content_id(step.kind, step.config, src)
 
 
-def _bench_input_id(step: "Step", ctx: "Context") -> str | None:
+def _bench_input_id(step: Step, ctx: Context) -> str | None:
     """The bench run's input id, as compress.harness computes it: a hash of every target's artifact id
     (the reference's included). Only known once every input exists."""
     import hashlib
@@ -69,17 +60,17 @@ def _bench_input_id(step: "Step", ctx: "Context") -> str | None:
     return hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:16]
 
 
-def _bench_expected_id(step: "Step", ctx: "Context") -> str | None:
+def _bench_expected_id(step: Step, ctx: Context) -> str | None:
     input_id = _bench_input_id(step, ctx)
     return None if input_id is None else content_id("bench", step.config, input_id)
 
 
-def _report_expected_id(step: "Step", ctx: "Context") -> str | None:
+def _report_expected_id(step: Step, ctx: Context) -> str | None:
     ids = [ctx.id_of(k) for k in step.inputs]
     return None if None in ids else "report:" + "+".join(ids)
 
 
-def _check_input_id(step: "Step", ctx: "Context") -> str | None:
+def _check_input_id(step: Step, ctx: Context) -> str | None:
     bench_id = ctx.id_of(step.inputs[0])
     baseline: Path = step.extra["baseline"]
     if bench_id is None or not baseline.is_file():
@@ -87,41 +78,23 @@ def _check_input_id(step: "Step", ctx: "Context") -> str | None:
     return f"{bench_id}+baseline:{file_digest(baseline)[:16]}"
 
 
-def _check_expected_id(step: "Step", ctx: "Context") -> str | None:
+def _check_expected_id(step: Step, ctx: Context) -> str | None:
     input_id = _check_input_id(step, ctx)
     return None if input_id is None else content_id("check", step.config, input_id)
 
 
 # ---- verbs -------------------------------------------------------------------------------------------
 
-def _run_prune(step, ctx) -> Path:
-    from ..prune import prune
-
-    return prune(ctx.path_of(step.inputs[0]), step.config, step.out, force=ctx.force(step))
+def _run_made(step: Step, ctx: Context) -> Path:
+    """The one-input verb of the step's kind: ``make(input, config, out, force=...)``."""
+    make = KINDS[step.kind].verb()
+    return make(ctx.path_of(step.inputs[0]), step.config, step.out, force=ctx.force(step))
 
 
 def _run_distill(step, ctx) -> Path:
     from ..distill import distill
 
     return distill(step.config, step.out, force=ctx.force(step))
-
-
-def _run_quantize(step, ctx) -> Path:
-    from ..quantize import run_quantize
-
-    return run_quantize(ctx.path_of(step.inputs[0]), step.config, step.out, force=ctx.force(step))
-
-
-def _run_export_gguf(step, ctx) -> Path:
-    from export.gguf import export_gguf
-
-    return export_gguf(ctx.path_of(step.inputs[0]), step.config, step.out, force=ctx.force(step))
-
-
-def _run_export_onnx(step, ctx) -> Path:
-    from export.onnx import export_onnx
-
-    return export_onnx(ctx.path_of(step.inputs[0]), step.config, step.out, force=ctx.force(step))
 
 
 def _run_bench(step, ctx) -> Path:
@@ -153,18 +126,6 @@ def _run_check(step, ctx) -> Path:
 
 # ---- dry-run checks (no weights) ---------------------------------------------------------------------
 
-def _dry_quantize(step, ctx) -> str:
-    from .checks import check_quantize
-
-    return check_quantize(step, ctx)
-
-
-def _dry_export(step, ctx) -> str:
-    from .checks import check_export
-
-    return check_export(step, ctx)
-
-
 def _dry_bench(step, ctx) -> str:
     from ..harness import load_profile
 
@@ -184,18 +145,19 @@ def _dry_check(step, ctx) -> str:
     return f"baseline {baseline}"
 
 
+# dry-run checks of the one-input kinds; every export format's architecture is checked the same way
+_DRY_CHECKS: dict[str, Callable[[Step, Context], str]] = {"quantize": check_quantize}
 STAGES: dict[str, StageKind] = {
-    "prune": StageKind("prune", "compress.prune", _run_prune, _single_input_id),
-    "distill": StageKind("distill", "compress.distill", _run_distill, _single_input_id),
-    "quantize": StageKind("quantize", "compress.quantize", _run_quantize, _single_input_id, _dry_quantize),
-    "export-gguf": StageKind("export-gguf", "export.gguf", _run_export_gguf, _single_input_id, _dry_export),
-    "export-onnx": StageKind("export-onnx", "export.onnx", _run_export_onnx, _single_input_id, _dry_export),
-    "bench": StageKind("bench", "compress.harness.config", _run_bench, _bench_expected_id, _dry_bench),
-    "report": StageKind("report", None, _run_report, _report_expected_id),
-    "check": StageKind("check", "compress.harness.config", _run_check, _check_expected_id, _dry_check),
+    **{k.stage: StageKind(_run_made, _single_input_id,
+                          _DRY_CHECKS.get(k.stage, check_export if k.export_format else _nothing_to_check))
+       for k in KINDS.values() if k.make},
+    "distill": StageKind(_run_distill, _single_input_id),
+    "bench": StageKind(_run_bench, _bench_expected_id, _dry_bench),
+    "report": StageKind(_run_report, _report_expected_id),
+    "check": StageKind(_run_check, _check_expected_id, _dry_check),
 }
 
 
-def report_done(step: "Step", ctx: "Context") -> bool:
+def report_done(step: Step, ctx: Context) -> bool:
     """A report lives inside its bench run (run/report/report.md); a re-run bench is a new folder."""
     return all((ctx.path_of(k) / "report" / "report.md").is_file() for k in step.inputs)

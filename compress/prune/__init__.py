@@ -2,6 +2,10 @@
 
     from compress.prune import PruneConfig, prune
     prune("smollm2-135m", PruneConfig(method="depth", layers=20), "out/smol-20l")
+
+Modules: :mod:`.config`, then one per method (:mod:`.depth`, :mod:`.width`, :mod:`.sparsity`, sharing
+:mod:`.model_ops`), :mod:`.run` (checks, importance, surgery, the artifact: a transformers folder) and
+:mod:`.cli`.
 """
 
 from .config import PruneConfig  # light: registers the config type that recipes name

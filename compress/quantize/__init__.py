@@ -7,9 +7,15 @@
     result = quantize_(model, cfg, ids)          # in place; result.tensors holds the integers
 
 The artifact layout that exporters read is documented in FORMAT.md next to this file; format.py is its
-one reader (numpy only: ``open_quantized(folder).quantized(name).dequantize()``). Importing
-``compress.quantize.artifact`` registers the loader for manifest stage ``quantize`` with
-:mod:`compress.models` (which imports it when it meets such a manifest).
+one reader (numpy only: ``open_quantized(folder).quantized(name).dequantize()``);
+``artifact.load_quantized`` is the PyTorch loader that :mod:`compress.kinds` names for manifest stage
+``quantize`` (compress.models imports it when it meets such a manifest).
+
+Modules in the order a run flows: :mod:`.config`, :mod:`.targets` (what each format makes of a grid),
+:mod:`.layers` (the plan, and what must fail before calibration), :mod:`.calibrate`, :mod:`.grid`,
+the methods (:mod:`.gptq`, :mod:`.awq`, :mod:`.clip`), :mod:`.sensitivity` (mixed precision),
+:mod:`.core` (``quantize_``), :mod:`.modules` (how quantized weights run in PyTorch), :mod:`.scoring`,
+:mod:`.format` and :mod:`.artifact` (the artifact and its loader), :mod:`.run` (the stage) and :mod:`.cli`.
 """
 
 import importlib

@@ -1,7 +1,7 @@
 """The quantized artifact on disk (layout in FORMAT.md) and its PyTorch loader.
 
     save_artifact(art.path, model, tokenizer, result)   # inside an ArtifactWriter (stage "quantize")
-    lm = load_model("out/smollm2-int4")                 # compress.models finds load_quantized
+    lm = load_model("out/smollm2-int4")                 # compress.kinds names load_quantized for it
 
 The loader rebuilds the transformers model from config.json and puts in exactly (q - zero) * scale
 for every quantized tensor, read through format.py (the one reader, which the exporters use too), so
@@ -59,7 +59,7 @@ def _qtensor(qw: QuantizedWeight) -> QTensor:
 
 
 def load_quantized(folder: Path, manifest) -> Any:
-    """Loader for manifest stage ``quantize`` (registered with compress.models): the torch-free reader
+    """Loader for manifest stage ``quantize`` (its row of compress.kinds): the torch-free reader
     (format.py) gives the float tensors and each layer's integers; the model gets (q - zero) * scale."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
@@ -94,11 +94,3 @@ def load_quantized(folder: Path, manifest) -> Any:
     return LoadedModel(model, tok, ModelSource(str(folder), "hf_dir", folder), manifest.content_id,
                        {"quantization": info.get("scheme")})
 
-
-def _register() -> None:
-    from ..models import register_artifact_loader
-
-    register_artifact_loader("quantize", load_quantized)
-
-
-_register()

@@ -8,8 +8,8 @@ Modules: :mod:`.config` (the stage config and tolerances), :mod:`.source` (readi
 quantized integers), :mod:`.arch` (HF -> GGUF tensor tables), :mod:`.hparams` (architecture keys from
 the real tensor shapes), :mod:`.tokenizer`, :mod:`.metadata` (type-checked keys), :mod:`.plan` (type and
 carry per tensor), :mod:`.blocks` (our integers in Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks), :mod:`.writer`,
-:mod:`.kquant` (llama.cpp's quantizer), :mod:`.validate` (exactness; llama.cpp vs PyTorch) and
-:mod:`.export` (the stage).
+:mod:`.kquant` (llama.cpp's quantizer), :mod:`.validate` (exactness; llama.cpp vs PyTorch),
+:mod:`.export` (the stage) and :mod:`.cli` (``compress export --format gguf``).
 """
 
 from .config import QTYPES, GGUFConfig

@@ -135,11 +135,11 @@ def check_exact(path: Path, plan: list[TensorPlan], src: ExportSource) -> dict[s
 
 def reference_model(src: ExportSource) -> tuple[Any, Any, str]:
     """(PyTorch model, tokenizer, how it was obtained) for the artifact being exported."""
-    from compress import models
+    from compress import kinds, models
 
     if src.quantization is not None:
-        if models.artifact_loader(src.stage) is None:
-            return _dequantized_reference(src) + ("dequantized by the export (no quantize loader registered)",)
+        if kinds.pytorch_loader(src.stage) is None:
+            return _dequantized_reference(src) + ("dequantized by the export (no quantize loader installed)",)
     lm = models.load_model(str(src.folder), verify=False)
     return lm.model, lm.tokenizer, f"compress.models.load_model ({src.stage or 'model folder'})"
 

@@ -88,7 +88,7 @@ def nothing_complete(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from tiny import save_tiny
+    from compress.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("rel") / "tiny", "llama")
 
