@@ -6,9 +6,13 @@
     gen = rt.generate([1, 2, 3], max_new_tokens=128)
     gen.decode_tokens_per_s
 
-The loop keeps the KV cache inside onnxruntime (each step's ``present.*`` OrtValues are fed back as the
-next step's ``past_key_values.*`` through ``run_with_ort_values``, never copied through numpy) and asks the graph for
-the last position's logits only (``logits_to_keep``), so decode pays for one vocabulary row.
+The loop keeps the KV cache inside onnxruntime and asks the graph for the last position's logits only
+(``logits_to_keep``), so decode pays for one vocabulary row. A graph whose export declares it (every export
+since the shared buffer, :mod:`runtimes.onnx_kv`) gets one fixed-size buffer per generation, bound as both
+``past_key_values.*`` and ``present.*``, that GroupQueryAttention writes in place; an older or foreign graph
+runs the growing path: each step's ``present.*`` OrtValues are fed back as the next step's
+``past_key_values.*`` through ``run_with_ort_values`` (never copied through numpy, but reallocated and copied
+whole by the kernel at every step). ``decoder.shares_buffer`` says which.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
+from .onnx_kv import SharedKVCache, kv_layout
 from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
 log = logging.getLogger(__name__)
@@ -94,25 +99,46 @@ def session_provider(session) -> str:
 class OnnxDecoder:
     """Prefill and decode steps over a decoder session with the ``export-onnx`` inputs and outputs."""
 
-    def __init__(self, session, max_length: int | None = None) -> None:
+    def __init__(self, session, max_length: int | None = None, *, n_ctx: int | None = None) -> None:
         ort = self._ort = _ort()
         self.session = session
         self.provider = session_provider(session)
         self.max_length = max_length  # positions the graph's rotary tables cover
-        inputs = {i.name: i for i in session.get_inputs()}
-        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.n_ctx = n_ctx  # the shared buffer's length when a generation needs less (as llama.cpp's n_ctx)
+        self.layout = kv_layout(session)
+        self.past_names = list(self.layout.past_names)
+        self.present_names = list(self.layout.present_names)
         self.output_names = ["logits"] + self.present_names
-        self._empty = {}
-        for n in self.past_names:
-            _, kv_heads, _, head_dim = inputs[n].shape
-            self._empty[n] = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv_heads, 0, head_dim), np.float32))
+        self.kv_allocations = 0  # shared KV buffers made: one per generation
+        self._empty = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, dim), self.layout.dtype))
+                       for n, (heads, dim) in zip(self.past_names, self.layout.shapes)}
+
+    @property
+    def shares_buffer(self) -> bool:
+        """Whether generation runs on one fixed-size past/present buffer (else the cache grows every step)."""
+        return self.layout.shared
+
+    def new_cache(self, capacity: int) -> SharedKVCache:
+        """A shared KV buffer of ``capacity`` positions, or ``n_ctx`` where that is more (at most ``max_length``),
+        allocated now."""
+        capacity = max(capacity, self.n_ctx or 0)
+        if self.max_length is not None:
+            capacity = min(capacity, self.max_length)
+        self.kv_allocations += 1
+        return SharedKVCache(self.session, self.layout, capacity)
+
+    def _check_length(self, total: int) -> None:
+        if self.max_length is not None and total > self.max_length:
+            raise ConfigError(f"sequence of {total} tokens is longer than this ONNX export runs "
+                              f"({self.max_length}); export again with a larger --max-length")
+
+    def _feed(self, cache: SharedKVCache, ids: Sequence[int]) -> np.ndarray:
+        self._check_length(cache.length + len(ids))
+        return cache.feed(ids)
 
     def run(self, ids: Sequence[int], past: dict[str, Any] | None, past_len: int, keep: int) -> tuple[np.ndarray, dict]:
         """One forward pass of ``ids`` after ``past_len`` cached positions: (logits [n, vocab], present)."""
-        if self.max_length is not None and past_len + len(ids) > self.max_length:
-            raise ConfigError(f"sequence of {past_len + len(ids)} tokens is longer than this ONNX export runs "
-                              f"({self.max_length}); export again with a larger --max-length")
+        self._check_length(past_len + len(ids))
         value = self._ort.OrtValue.ortvalue_from_numpy
         feed = {"input_ids": value(np.asarray([ids], dtype=np.int64)),
                 "attention_mask": value(np.ones((1, past_len + len(ids)), dtype=np.int64)),
@@ -128,6 +154,21 @@ class OnnxDecoder:
 
     def generate(self, ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> Generation:
         ids = list(ids)
+        if not self.shares_buffer:
+            return self._generate_growing(ids, max_new_tokens, stop_ids)
+        t0 = time.perf_counter()
+        self._check_length(len(ids))
+        # the last new token is never fed back, so the buffer needs one position less than the sequence
+        cache = self.new_cache(len(ids) + max(max_new_tokens, 1) - 1)
+        nxt = int(self._feed(cache, ids).argmax())
+        ttft = time.perf_counter() - t0
+        new = [nxt]
+        while len(new) < max_new_tokens and nxt not in stop_ids:
+            nxt = int(self._feed(cache, [nxt]).argmax())
+            new.append(nxt)
+        return Generation(ids, new, ttft, time.perf_counter() - t0)
+
+    def _generate_growing(self, ids: list[int], max_new_tokens: int, stop_ids: Sequence[int]) -> Generation:
         t0 = time.perf_counter()
         logits, past = self.run(ids, None, 0, 1)
         nxt = int(logits[-1].argmax())
@@ -142,8 +183,12 @@ class OnnxDecoder:
 
     def cached_logits(self, ids: Sequence[int], split: int) -> np.ndarray:
         """Logits of positions ``split - 1 ..`` computed through the KV cache: a prefill of ``ids[:split]``,
-        then one token at a time (what generation does), for checking the cache path."""
+        then one token at a time (what generation does, on the same kind of cache), for checking the cache path."""
         ids = list(ids)
+        if self.shares_buffer:
+            self._check_length(len(ids))
+            cache = self.new_cache(len(ids))
+            return np.stack([self._feed(cache, ids[:split])] + [self._feed(cache, [t]) for t in ids[split:]])
         logits, past = self.run(ids[:split], None, 0, 1)
         rows = [logits[-1]]
         for pos in range(split, len(ids)):
@@ -164,8 +209,9 @@ class OnnxRuntime:
     def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None, verify: bool = True,
              model_file: str | None = None) -> None:
         """Load an ``export-onnx`` artifact directory (``model_file``: e.g. ``model.ort``; default the
-        manifest's choice, ``model.onnx``). The export fixed its length (``max_length``, checked per call),
-        so ``n_ctx`` is not needed; no load-time checks (``verify``)."""
+        manifest's choice, ``model.onnx``). The export fixed its length (``max_length``, checked per call);
+        ``n_ctx`` sizes the shared KV buffer each generation allocates (at least what it needs), as llama.cpp's
+        context does, so both hold the same cache; no load-time checks (``verify``)."""
         from compress.manifest import read_manifest
 
         folder = Path(artifact)
@@ -176,7 +222,8 @@ class OnnxRuntime:
         self.path = folder / (model_file or self.manifest.report.get("model_file", "model.onnx"))
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: missing from the ONNX export")
-        self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"))
+        self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"),
+                                   n_ctx=n_ctx)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -203,4 +250,6 @@ class OnnxRuntime:
         return onnx_weight_bytes(self.path)
 
     def kv_bytes_per_position(self) -> float:
+        if self.decoder is not None:  # the session's own input types: a float16 cache is half of float32's
+            return self.decoder.layout.bytes_per_position
         return onnx_kv_bytes_per_position(self.path)

@@ -283,7 +283,8 @@ def test_a_float_artifact_still_exports_fp32_by_default(tmp_path):
 def test_a_version_1_config_keeps_its_meaning():
     old = {"type": "export-onnx", "version": 1, "block_size": 64}
     cfg = OnnxConfig.from_dict(old)
-    assert cfg.version == 2 and cfg.precision == "fp32" and cfg.accuracy_level == 4 and not cfg.requantize
+    assert cfg.version == OnnxConfig.VERSION and cfg.precision == "fp32" and cfg.accuracy_level == 4
+    assert not cfg.requantize
     assert OnnxConfig.from_dict({"type": "export-onnx", "version": 1, "precision": "int4", "accuracy_level": 0}
                                 ) == OnnxConfig(precision="int4", accuracy_level=0)
     new = OnnxConfig()

@@ -25,7 +25,8 @@ out = Console()
 # CLI option -> OnnxConfig field
 _FIELDS = {"qtype": "precision", "embeddings": "embeddings", "check_tokens": "check_tokens",
            "accuracy_level": "accuracy_level", "block_size": "block_size", "lm_head": "lm_head",
-           "max_length": "max_length", "ort_format": "ort_format", "requantize": "requantize"}
+           "max_length": "max_length", "ort_format": "ort_format", "requantize": "requantize",
+           "kv_dtype": "kv_dtype"}
 
 
 def run(req) -> None:

@@ -39,6 +39,11 @@ MatMulNBits 3-8x, SmolLM2 decode 1.5-2x) at a small cost in agreement (94-98% to
 int8-activation tolerance, measures which kind of node (lm_head, down_proj, ...) the error comes from
 and gives level 0 to those kinds only, until it passes (:mod:`.levels`); the level of every node is
 recorded in the manifest.
+``kv_dtype`` (float32 | float16): the element type of the KV cache (``past_key_values.*`` / ``present.*``).
+onnxruntime's CPU GroupQueryAttention runs a float32 query with a float32 or float16 cache; float16 halves the
+cache's memory at a cost in attention speed (the kernel widens every cached row at every step, :mod:`.kv`). Its
+int8/4-bit caches need calibrated static scales and bfloat16 is no CPU cache type for a float32 query: both are
+refused, naming the field.
 ``lm_head``/``embeddings`` choose the precision of the output projection and the token table: the
 output projection is read in full for every token (SmolLM2: 29 tok/s with a float32 one, 40 with
 int8) and is where 4-bit quality breaks first (77% top-1), so ``auto`` keeps it at int8.
@@ -60,6 +65,11 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 AUTO_LEVEL = "auto"
 INT8_METHODS = ("nbits", "dynamic")
+KV_DTYPES = ("float32", "float16")
+# what onnxruntime's CPU GroupQueryAttention offers beyond KV_DTYPES, and why this export does not
+_KV_REFUSED = {"int8": "keeps an int8 cache only with static k_scale/v_scale, which this export does not calibrate",
+               "int4": "keeps a 4-bit cache only with static k_scale/v_scale, which this export does not calibrate",
+               "bfloat16": "takes no bfloat16 cache with the float32 query of this export's graphs"}
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +124,17 @@ class OnnxConfig(StageConfig):
     max_length: positions the rotary tables cover (the longest sequence the file runs); 0 = the model's
         max_position_embeddings, otherwise capped by it.
     int8_method: nbits | dynamic: the onnxruntime tool that makes a float artifact int8 (module docstring).
+    kv_dtype: float32 | float16: the KV cache's element type. onnxruntime's CPU GroupQueryAttention keeps the
+        query float32 either way (the graph's activations are float32) and takes the cache in its own type;
+        float16 halves the cache's memory but is slower on CPU. int8/int4 (static scales) and bfloat16 are refused.
     ort_format: also write onnxruntime's mobile ``model.ort`` (where the graph allows).
     check_tokens: token ids scored by both onnxruntime and PyTorch after writing.
     min_top1 / max_kl / max_abs: override the precision's tolerance (None = :data:`TOLERANCES`).
     """
 
-    VERSION: ClassVar[int] = 2  # 2: precision "auto" (the new default), accuracy_level "auto", requantize
+    # 2: precision "auto" (the new default), accuracy_level "auto", requantize; 3: kv_dtype, and the graph
+    # declares a shared past/present KV buffer (a version 2 file exports again to get it)
+    VERSION: ClassVar[int] = 3
 
     precision: str = "auto"
     requantize: bool = False
@@ -129,6 +144,7 @@ class OnnxConfig(StageConfig):
     embeddings: str = "auto"
     max_length: int = 8192
     int8_method: str = "nbits"
+    kv_dtype: str = "float32"
     ort_format: bool = False
     check_tokens: int = 64
     min_top1: Optional[float] = None
@@ -140,6 +156,13 @@ class OnnxConfig(StageConfig):
         _choice("lm_head", self.lm_head, HEAD_PRECISIONS)
         _choice("embeddings", self.embeddings, EMBEDDING_PRECISIONS)
         _choice("int8_method", self.int8_method, INT8_METHODS)
+        if self.kv_dtype in _KV_REFUSED:
+            raise ConfigError(f"export-onnx.kv_dtype: {self.kv_dtype!r}: onnxruntime's CPU GroupQueryAttention "
+                              f"{_KV_REFUSED[self.kv_dtype]}; one of: {', '.join(KV_DTYPES)}")
+        if self.kv_dtype in ("fp32", "fp16"):  # the precision's spelling, too far from the type's for suggest()
+            raise ConfigError(f"export-onnx.kv_dtype: {self.kv_dtype!r} is not one of: {', '.join(KV_DTYPES)} "
+                              f"(did you mean 'float{self.kv_dtype[2:]}'?)")
+        _choice("kv_dtype", self.kv_dtype, KV_DTYPES)
         if self.accuracy_level != AUTO_LEVEL and (isinstance(self.accuracy_level, bool)
                                                   or self.accuracy_level not in ACCURACY_LEVELS):
             raise ConfigError(f"export-onnx.accuracy_level: {self.accuracy_level!r} is not one of "
@@ -172,6 +195,7 @@ class OnnxConfig(StageConfig):
         if from_version < 2:
             data.setdefault("precision", "fp32")
             data.setdefault("accuracy_level", 4)
+        # version 2 had no kv_dtype: its cache was float32, the default
         data["version"] = cls.VERSION
         return data
 

@@ -30,6 +30,7 @@ from .arch import model_dims, rope_tables, spec_for
 from .config import OnnxConfig
 from .decoder import build_decoder
 from .genai import write_genai_config
+from .kv import declare_kv
 from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
 from .levels import (LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels,
@@ -77,6 +78,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             step("building the graph")
             t0 = time.perf_counter()
             model, weight_map = build_decoder(src, spec, dims, plan, rope_tables(lm.model, dims, length), cfg, config)
+            declare_kv(model, cfg.kv_dtype)  # the cache's type, and whether past and present may be one buffer
             # one copy of the model: the PyTorch weights (and src's views of them) go before the graph is
             # serialized and onnxruntime loads it; kept, they stacked 540 MB on SmolLM2's export
             del src
@@ -102,9 +104,6 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             config.to_json_file(str(art.path / "config.json"))
             if generation_config is not None:
                 generation_config.to_json_file(str(art.path / "generation_config.json"))
-            # the same folder runs in onnxruntime-genai's generator (and the apps that embed it)
-            genai_file = write_genai_config(art.path, dims, config, generation_config, context_length=length,
-                                            model_file=MODEL_FILE)
             step("checking against PyTorch")
             import onnxruntime
 
@@ -112,6 +111,11 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             levels = _choose_levels(target, cfg, plan, ids, reference, length)
             tol = cfg.tolerance(plan.integers, int8_activations=levels.int8_activations)
             decoder = OnnxDecoder(make_session(target, threads=2), length)
+            # as the runtime reads it from the saved file (after onnxruntime's quantizers had the graph)
+            kv = {"dtype": cfg.kv_dtype, "share_buffer": decoder.shares_buffer}
+            # the same folder runs in onnxruntime-genai's generator (and the apps that embed it)
+            genai_file = write_genai_config(art.path, dims, config, generation_config, context_length=length,
+                                            model_file=MODEL_FILE, share_buffer=kv["share_buffer"])
             figures = validate_onnx(decoder, None, lm.tokenizer, tol, check_tokens=cfg.check_tokens,
                                     where=f"{out_dir.name}/{MODEL_FILE}", reference=reference)
             del decoder
@@ -122,15 +126,17 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 "plan": plan.summary(), "carried": plan.carried(), "accuracy_levels": levels.report(),
                 "ops": _op_counts(target), "export_s": round(export_s, 2),
                 "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
-                "genai_config": genai_file, **_input_fields(artifact)}
+                "genai_config": genai_file, "kv_cache": kv, **_input_fields(artifact)}
             if cfg.ort_format:
                 step("converting to .ort")
                 ort_path = to_ort_format(target, art.path)
                 report["ort_file"] = ort_path.name
                 report["ort_bytes"] = ort_path.stat().st_size
+                ort_decoder = OnnxDecoder(make_session(ort_path, threads=2))
                 report["ort_validation"] = validate_onnx(
-                    OnnxDecoder(make_session(ort_path, threads=2)), None, lm.tokenizer, tol,
+                    ort_decoder, None, lm.tokenizer, tol,
                     check_tokens=cfg.check_tokens, where=f"{out_dir.name}/{ort_path.name}", reference=reference)
+                kv["ort_share_buffer"] = ort_decoder.shares_buffer  # whether the .ort kept the declaration
             art.report.update(report)
     return out_dir / MODEL_FILE
 

@@ -6,8 +6,9 @@ The fields are the ones onnxruntime-genai's model builder writes for a decoder-o
 (``onnxruntime_genai.models.builders.base``), naming our graph's inputs and outputs: ``input_ids``,
 ``attention_mask``, ``past_key_values.%d.key|value``, ``logits``, ``present.%d.key|value``. The
 generator feeds only those; ``logits_to_keep`` keeps its default in the graph (every position), and
-the generator takes the last one. The KV cache grows by concatenation (``past_present_share_buffer``
-false), as our own loop runs it: GroupQueryAttention reads the lengths from ``attention_mask``.
+the generator takes the last one. ``past_present_share_buffer`` is what the graph declares (:mod:`.kv`): true for
+our GroupQueryAttention graphs, so the generator, like our own loop, binds one buffer of ``max_length``
+positions as both past and present and GroupQueryAttention reads the valid length from ``attention_mask``.
 
 The same folder then runs in ``compress chat``, the harness (runtime ``onnxruntime``, our loop) and
 onnxruntime-genai (runtime ``onnxruntime-genai``, its generator).
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def genai_config(dims: ModelDims, config, generation_config, *, context_length: int,
-                 model_file: str = "model.onnx") -> dict[str, Any] | None:
+                 model_file: str = "model.onnx", share_buffer: bool = False) -> dict[str, Any] | None:
     """The ``genai_config.json`` dict, or None (said in the log) where onnxruntime-genai cannot describe
     the graph: it takes one head count and one KV-head count for every layer, which a pruned model
     with per-layer heads does not have."""
@@ -78,7 +79,7 @@ def genai_config(dims: ModelDims, config, generation_config, *, context_length: 
             "no_repeat_ngram_size": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": bool(share_buffer),
             "repetition_penalty": float(getattr(gen, "repetition_penalty", None) or 1.0),
             "temperature": float(getattr(gen, "temperature", None) or 1.0),
             "top_k": int(getattr(gen, "top_k", None) or 50),
@@ -99,9 +100,11 @@ def genai_type(architecture: str) -> str:
 
 
 def write_genai_config(folder: str | Path, dims: ModelDims, config, generation_config, *, context_length: int,
-                       model_file: str = "model.onnx") -> str | None:
-    """Write ``genai_config.json`` into ``folder``; its file name, or None where none could be written."""
-    cfg = genai_config(dims, config, generation_config, context_length=context_length, model_file=model_file)
+                       model_file: str = "model.onnx", share_buffer: bool = False) -> str | None:
+    """Write ``genai_config.json`` into ``folder``; its file name, or None where none could be written.
+    ``share_buffer``: the graph lets past and present be one buffer (:func:`.kv.declare_kv`)."""
+    cfg = genai_config(dims, config, generation_config, context_length=context_length, model_file=model_file,
+                       share_buffer=share_buffer)
     if cfg is None:
         return None
     (Path(folder) / GENAI_CONFIG).write_text(json.dumps(cfg, indent=4) + "\n")
