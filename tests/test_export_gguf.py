@@ -202,6 +202,26 @@ def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
     assert _report(with_imat)["imatrix_tokens"] == 256
 
 
+def test_a_tied_tables_importance_matrix_is_filed_under_token_embd(tmp_path, monkeypatch):
+    """A tied GGUF has no output.weight: the head's statistics must reach the table llama.cpp quantizes."""
+    import export.gguf.export as ex
+
+    src = memorized_tiny("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=True)
+    seen = {}
+    real = ex.quantize_with_llama_cpp
+
+    def spy(*a, imatrix=None, **k):
+        seen.update(imatrix or {})
+        return real(*a, imatrix=imatrix, **k)
+
+    monkeypatch.setattr(ex, "quantize_with_llama_cpp", spy)
+    out = export_gguf(src, GGUFConfig(qtype="Q4_K_M", imatrix_tokens=256), tmp_path / "tied")
+    names = {t.name for t in gguf.GGUFReader(out).tensors}
+    assert "output.weight" not in names and "token_embd.weight" in names
+    assert "output.weight" not in seen and seen["token_embd.weight"].shape == (256,)
+
+
 def test_wrong_metadata_in_a_4_bit_file_is_caught_against_its_own_weights(tmp_path, monkeypatch):
     """A rope base off by 10x is a smaller error than 4-bit rounding on some models; the comparison with
     PyTorch running the file's own weights has no 4-bit budget to hide it in."""

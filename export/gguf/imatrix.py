@@ -63,6 +63,12 @@ def importance_matrix(src: ExportSource, spec: ArchSpec, *, tokens: int, threads
     # its input is the decoder's normed output, summed here directly
     decoder = model.get_decoder()
     head = spec.rule_for("lm_head.weight")[0].gguf
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out_emb is not None and out_emb.weight is in_emb.weight:
+        # tied: a GGUF has no output.weight, the head's matmul reads token_embd (so llama-imatrix files
+        # its statistics there too); named output.weight, llama.cpp quantized the table without them
+        emb_name = next(n for n, m in model.named_modules() if m is in_emb)
+        head = spec.rule_for(f"{emb_name}.weight")[0].gguf
     try:
         with torch.inference_mode():
             for start in range(0, len(ids), span):
