@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ class Family:
       Hugging Face rotates halves, so q/k rows are reordered per head in the GGUF (llama.cpp's converter
       does the same permutation); NEOX-style archs (qwen2, qwen3, phi3, gemma3) take the rows as they are.
     - ``rope_types``: rope scaling types (``rope_type`` in config.json) both exporters carry.
+    - ``partial_rotary``: a ``partial_rotary_factor`` below 1 (only the first dims of each head rotate,
+      Phi-4-mini) is carried; elsewhere it is refused (the family's PyTorch code rotates whole heads).
     - ``norm_offset``: RMSNorm multiplies by ``offset + w`` (Gemma: 1).
     - ``qkv`` / ``gate_up``: the modules holding q, k, v (and gate, up) in order; one fused module
       (Phi-3's ``qkv_proj``, ``gate_up_proj``) is carried fused, as llama.cpp's phi3 graph and
@@ -60,6 +63,7 @@ class Family:
     gguf_arch: str
     rope_permute: bool
     rope_types: tuple[str, ...] = ("default", "linear")
+    partial_rotary: bool = False
     norm_offset: float = 0.0
     embed_scale: bool = False
     qk_norm: bool = False
@@ -125,12 +129,18 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "qwen3", rope_permute=False, qk_norm=True, attn_bias="none",
            gguf_keys=("rope", "head_dims"), notes="head_dim is not hidden/heads"),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), "phi3", rope_permute=False,
+           # transformers' Phi3Config takes only these ("su" is longrope's old name, renamed on load)
+           rope_types=("default", "longrope", "su"), partial_rotary=True,
            qkv=("self_attn.qkv_proj",), gate_up=("mlp.gate_up_proj",), window="all", attn_bias="none",
            gguf_keys=("rope", "phi3"),
            awq="norm folds only: v and up are rows of the fused qkv_proj / gate_up_proj",
            prune_width="fused qkv_proj / gate_up_proj: width pruning needs separate q/k/v and gate/up",
-           notes="Phi-3/3.5-mini; longrope (128k) and partial rotary (Phi-4-mini) are refused; llama.cpp "
-                 "disables phi3's sliding window (same within the window)"),
+           notes="Phi-3/3.5/4-mini; longrope (128k) and partial rotary carried. ONNX switches short/long factors by "
+                 "the sequence's length, as PyTorch (a KV cache crossing original_max_position_embeddings keeps its "
+                 "earlier keys' short rotation, as transformers' cache does) and needs rotary dims in multiples of "
+                 "16; llama.cpp switches by n_ctx: a GGUF matches PyTorch with n_ctx <= "
+                 "original_max_position_embeddings (4096), beyond it only on longer sequences; llama.cpp disables "
+                 "phi3's sliding window (same within the window)"),
     Family("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "gemma3", rope_permute=False, norm_offset=1.0,
            embed_scale=True, qk_norm=True, attn_bias="none", activation_key="hidden_activation",
            activations=(("gelu_pytorch_tanh", "gelu_tanh"),), norm_modules=GEMMA_NORMS, window="layer_types",
@@ -180,6 +190,57 @@ def rope_type(params: dict[str, Any]) -> str:
     return str(params.get("rope_type", params.get("type", "default")) or "default")
 
 
+def rotary_dim(config: dict[str, Any], head_dim: int | None = None) -> int:
+    """Dims of each head that rotate: ``int(head_dim * partial_rotary_factor)``, as transformers computes it
+    (Phi-4-mini: 128 * 0.75 = 96; the rest of the head passes through unrotated). ``head_dim``: the one the
+    tensors have, where known (default: config.json's)."""
+    head_dim = head_dim or config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"])
+    prf = config.get("partial_rotary_factor", rope_parameters(config).get("partial_rotary_factor"))
+    return int(int(head_dim) * float(1.0 if prf is None else prf))
+
+
+@dataclasses.dataclass(frozen=True)
+class LongRope:
+    """Phi-3's longrope (128k context): each rotary frequency is divided by ``short_factor`` while the
+    sequence fits in ``original_context`` positions and by ``long_factor`` beyond it (transformers decides
+    per forward pass, on the largest position), and cos/sin are scaled by ``attention_factor`` either way."""
+
+    short_factor: tuple[float, ...]
+    long_factor: tuple[float, ...]
+    original_context: int
+    attention_factor: float
+
+
+def longrope(config: dict[str, Any], where: str | Path = "config.json") -> LongRope | None:
+    """The longrope settings of a config.json, computed as transformers 5 does (``attention_factor`` if
+    given, else sqrt(1 + ln(factor) / ln(original)) with ``factor`` defaulting to max_position_embeddings /
+    original_max_position_embeddings); None for any other rope type. IncompatibleLayerError names a factor
+    list of the wrong length or a missing original context."""
+    params = rope_parameters(config)
+    if rope_type(params) not in ("longrope", "su"):
+        return None
+    # Phi-3 keeps the pretraining context at the top level, and transformers gives that one priority
+    original = config.get("original_max_position_embeddings") or params.get("original_max_position_embeddings")
+    if not original:
+        raise IncompatibleLayerError(f"{where}: longrope needs original_max_position_embeddings (the context the "
+                                     "short factors apply to)")
+    original = int(original)
+    half = rotary_dim(config) // 2
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        values = params.get(key)
+        if not isinstance(values, (list, tuple)) or len(values) != half:
+            n = len(values) if isinstance(values, (list, tuple)) else values
+            raise IncompatibleLayerError(f"{where}: rope {key} has {n!r} values; longrope needs one per rotary "
+                                         f"frequency ({half} = rotary dims {rotary_dim(config)} / 2)")
+        factors[key] = tuple(float(v) for v in values)
+    attention = params.get("attention_factor")
+    if attention is None:
+        factor = params.get("factor") or int(config.get("max_position_embeddings", original)) / original
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return LongRope(factors["short_factor"], factors["long_factor"], original, float(attention))
+
+
 def check_config(fam: Family, config: dict[str, Any], where: str | Path) -> None:
     """Refuse settings of a known family that the exporters cannot carry, from config.json alone."""
     kind = rope_type(rope_parameters(config))
@@ -192,8 +253,14 @@ def check_config(fam: Family, config: dict[str, Any], where: str | Path) -> None
             raise IncompatibleLayerError(f"{where}: {key} is {config[key]!r}, not supported for {fam.name}: {why}")
     prf = config.get("partial_rotary_factor", rope_parameters(config).get("partial_rotary_factor"))
     if prf is not None and float(prf) != 1.0:
-        raise IncompatibleLayerError(f"{where}: partial_rotary_factor {prf} is not supported for {fam.name} "
-                                     "(supported: 1.0, rotary over the whole head)")
+        if not fam.partial_rotary:
+            raise IncompatibleLayerError(f"{where}: partial_rotary_factor {prf} is not supported for {fam.name} "
+                                         "(supported: 1.0, rotary over the whole head)")
+        dims = rotary_dim(config)
+        if dims <= 0 or dims % 2:
+            raise IncompatibleLayerError(f"{where}: partial_rotary_factor {prf} leaves {dims} rotary dims per head; "
+                                         "rotary needs an even number above 0")
+    longrope(config, where)
 
 
 def tokenizer_kind(folder: Path) -> tuple[str | None, str]:

@@ -28,6 +28,7 @@ def _cells(f: Family) -> list[str]:
         "RMSNorm 1+w, scaled embeddings" if f.norm_offset else "",
         {"all": "sliding_window", "layer_types": "sliding + full layers"}.get(f.window, ""),
         "q/k rows permuted for llama.cpp" if f.rope_permute else "",
+        "partial rotary (partial_rotary_factor)" if f.partial_rotary else "",
     ) if q]
     width = "yes" if f.prune_width is None else f"refused: {f.prune_width}"
     return [
@@ -50,8 +51,9 @@ def table() -> str:
     rows = [head, ["---"] * len(head)] + [_cells(f) for f in FAMILIES]
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     refused = ("Anything else is refused from config.json and the tokenizer files alone, before a weight is read, "
-               "with this list: another architecture, another `rope_type` (yarn, longrope, dynamic, ...), "
-               "`partial_rotary_factor` below 1, Qwen2's `use_sliding_window`, and tokenizers other than "
+               "with this list: another architecture, a `rope_type` the family's row does not list (yarn, dynamic, "
+               "...), `partial_rotary_factor` below 1 where the row does not take it, longrope factor lists that are "
+               "not one per rotary frequency, Qwen2's `use_sliding_window`, and tokenizers other than "
                + " or ".join(TOKENIZER_NAMES.values()) + ".")
     return "\n".join(lines) + "\n\n" + refused + "\n"
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ArtifactError, IncompatibleLayerError
-from compress.families import check_config
+from compress.families import check_config, longrope, rotary_dim
 
 from .arch import ArchSpec, Dims
 from .source import ExportSource
@@ -87,14 +87,18 @@ def rope_theta(cfg: dict[str, Any], layer_type: str | None = None, default: floa
     return float(theta), scaling
 
 
-def _rope_scaling(arch: str, scaling: dict, where: str) -> dict[str, Any]:
+def _rope_scaling(arch: str, scaling: dict, where: str, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     kind = scaling.get("rope_type", scaling.get("type", "default")) or "default"
     if kind in ("default", "llama3"):  # llama3: the rope_freqs tensor (see rope_freqs)
         return {}
     if kind == "linear":
         return {f"{arch}.rope.scaling.type": "linear", f"{arch}.rope.scaling.factor": float(scaling["factor"])}
+    if kind in ("longrope", "su") and cfg is not None:
+        # the factors go in the rope_factors_long/short tensors (longrope_factors); llama.cpp scales cos/sin by
+        # attn_factor (its rope scaling type stays "none": no YaRN ramp), as transformers' attention_scaling
+        return {f"{arch}.rope.scaling.attn_factor": longrope(cfg, where).attention_factor}
     raise IncompatibleLayerError(f"{where}: rope_type {kind!r} is not supported by the GGUF export "
-                                 f"(supported: default, linear, llama3)")
+                                 f"(supported: default, linear, llama3, longrope)")
 
 
 def arch_metadata(spec: ArchSpec, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
@@ -130,8 +134,9 @@ def arch_metadata(spec: ArchSpec, cfg: dict[str, Any], dims: Dims, where: str) -
 
 def _rope(a: str, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, Any]:
     theta, scaling = rope_theta(cfg)
-    md = {f"{a}.rope.freq_base": theta, f"{a}.rope.dimension_count": dims.head_dim}
-    md.update(_rope_scaling(a, scaling, where))
+    # partial rotary (Phi-4-mini): llama.cpp rotates the first dimension_count dims of each head, as transformers
+    md = {f"{a}.rope.freq_base": theta, f"{a}.rope.dimension_count": rotary_dim(cfg, dims.head_dim)}
+    md.update(_rope_scaling(a, scaling, where, cfg))
     return md
 
 
@@ -186,12 +191,26 @@ def _gemma3(a: str, cfg: dict[str, Any], dims: Dims, where: str) -> dict[str, An
     return md
 
 
+def longrope_factors(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """llama.cpp's ``rope_factors_long`` / ``rope_factors_short`` tensors for Phi-3's longrope (empty
+    otherwise): what each rotary frequency is divided by, the config's lists as they are. llama.cpp uses the
+    long ones when the context it was given (n_ctx) exceeds rope.scaling.original_context_length."""
+    lr = longrope(cfg)
+    if lr is None:
+        return {}
+    return {"rope_factors_long.weight": np.asarray(lr.long_factor, np.float32),
+            "rope_factors_short.weight": np.asarray(lr.short_factor, np.float32)}
+
+
 def generated_tensor(gguf_name: str, cfg: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
     """A GGUF tensor computed from the config rather than read from the weights."""
     if gguf_name == "rope_freqs.weight":
         out = rope_freqs(cfg, 2 * shape[0])
         if out is not None:
             return out
+    out = longrope_factors(cfg).get(gguf_name)
+    if out is not None and tuple(out.shape) == tuple(shape):
+        return out
     raise ArtifactError(f"no way to compute the GGUF tensor {gguf_name} from the config")
 
 

@@ -32,6 +32,7 @@ SCHEMA: tuple[tuple[str, T, T | None], ...] = (
     ("general.quantization_version", T.UINT32, None),
     ("general.*", T.STRING, None),
     (f"{A}.rope.scaling.factor", T.FLOAT32, None),
+    (f"{A}.rope.scaling.attn_factor", T.FLOAT32, None),
     (f"{A}.rope.scaling.type", T.STRING, None),
     (f"{A}.rope.scaling.original_context_length", T.UINT32, None),
     (f"{A}.rope.freq_base*", T.FLOAT32, None),

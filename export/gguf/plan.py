@@ -47,7 +47,7 @@ from compress.quantize.targets import gguf_type
 from . import blocks
 from .arch import ArchSpec, Dims, rope_rows
 from .config import TYPE_BITS, GGUFConfig, ggml_type, is_kquant
-from .hparams import gemma3_query_scale, generated_tensor, rope_freqs
+from .hparams import gemma3_query_scale, generated_tensor, longrope_factors, rope_freqs
 from .source import ExportSource, QuantizedWeight
 
 EMBEDDING_NAMES = ("token_embd.weight", "output.weight")
@@ -74,7 +74,7 @@ class TensorPlan:
 
     def produce(self, src: ExportSource) -> np.ndarray:
         """The tensor's bytes in its GGUF type (read, transformed, encoded: one tensor in memory)."""
-        if self.how == "generated":  # computed from the config (llama3's rope_freqs), no HF tensor
+        if self.how == "generated":  # computed from the config (llama3's rope_freqs, longrope's factors)
             return blocks.encode(generated_tensor(self.gguf_name, src.config, self.shape), self.qtype)
         w = src.weight(self.hf_name)
         rows = rope_rows(self.shape[0], self.rope_heads) if self.rope_heads else None
@@ -140,6 +140,8 @@ def build_plan(src: ExportSource, spec: ArchSpec, dims: Dims, cfg: GGUFConfig) -
     freqs = rope_freqs(src.config, dims.head_dim)
     if freqs is not None:  # llama3 rope scaling: llama.cpp divides each rope frequency by this tensor
         plan.append(TensorPlan("rope_freqs.weight", "", tuple(freqs.shape), Q.F32, "generated"))
+    for name, factors in longrope_factors(src.config).items():  # Phi-3 longrope: llama.cpp picks one set by n_ctx
+        plan.append(TensorPlan(name, "", tuple(factors.shape), Q.F32, "generated"))
     return plan
 
 

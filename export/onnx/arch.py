@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compress.errors import IncompatibleLayerError
-from compress.families import FAMILIES, Family, check_config
+from compress.families import FAMILIES, Family, check_config, longrope, rotary_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,7 @@ class ModelDims:
     max_positions: int
     final_softcap: float | None
     layers: tuple[LayerDims, ...]
+    rotary_dim: int = 0  # dims of each head that rotate (0: all of them; Phi-4-mini's partial rotary: fewer)
     linears: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # module suffixes per layer
 
@@ -141,30 +142,70 @@ def model_dims(model, spec: ArchSpec) -> ModelDims:
         # onnxruntime's CPU GroupQueryAttention kernel works on 16-wide vectors
         raise IncompatibleLayerError(f"config.head_dim: {head_dim} is not a multiple of 16, which onnxruntime's "
                                      "GroupQueryAttention needs (real models use 64, 128 or 256)")
+    rotary = rotary_dim(_config_dict(cfg), head_dim)
+    if rotary % 16:
+        # GroupQueryAttention: "cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8"
+        raise IncompatibleLayerError(f"config.partial_rotary_factor: {rotary} rotary dims of head_dim {head_dim} is "
+                                     "not a multiple of 16, which onnxruntime's GroupQueryAttention needs "
+                                     "(Phi-4-mini: 96 of 128)")
     return ModelDims(hidden=hidden, head_dim=head_dim, vocab=int(emb.shape[0]), eps=float(cfg.rms_norm_eps),
                      tied=head is not None and head.weight is emb, activation=spec.activations[act],
                      max_positions=int(cfg.max_position_embeddings),
                      final_softcap=getattr(cfg, "final_logit_softcapping", None), layers=tuple(layers),
-                     linears=spec.linears)
+                     linears=spec.linears, rotary_dim=rotary)
 
 
-def rope_tables(model, dims: ModelDims, length: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """cos/sin tables [length, head_dim/2] per rotary kind, computed by the model's own rotary module,
-    so any rope scaling it applies (and its attention_scaling factor) is in the tables."""
+def _config_dict(cfg) -> dict[str, Any]:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeTables:
+    """cos/sin [rows, rotary_dim/2] for one rotary kind. With longrope, ``cos``/``sin`` hold the short
+    factors' table for sequences of up to ``original`` positions and ``long`` the long factors' table the
+    graph switches to when the total sequence is longer (as transformers switches per forward pass)."""
+
+    cos: np.ndarray
+    sin: np.ndarray
+    long: tuple[np.ndarray, np.ndarray] | None = None
+    original: int = 0
+
+
+def rope_tables(model, dims: ModelDims, length: int) -> dict[str, RopeTables]:
+    """cos/sin tables [length, rotary_dim/2] per rotary kind, computed by the model's own rotary module,
+    so any rope scaling it applies (and its attention_scaling factor) is in the tables. Longrope: the module
+    picks its factors by the largest position it is given, so the short table is asked for with the
+    original context's positions and the long one with all ``length``."""
     import torch
 
     rotary = model.model.rotary_emb
+    lr = longrope(_config_dict(model.config))
     x = torch.zeros(1, dtype=torch.float32)
-    pos = torch.arange(length, dtype=torch.long)[None]
     out = {}
     with torch.no_grad():
         for key in sorted({layer.rope for layer in dims.layers}):
-            cos, sin = rotary(x, pos) if key == "default" else rotary(x, pos, key)
-            half = dims.head_dim // 2
-            c, s = cos[0].float().numpy(), sin[0].float().numpy()
-            # HF rotates halves (rotate_half): the second half of each table repeats the first
-            if not (np.array_equal(c[:, :half], c[:, half:]) and np.array_equal(s[:, :half], s[:, half:])):
-                raise IncompatibleLayerError(f"rotary embedding {key!r}: not the rotate-half layout GroupQueryAttention "
-                                             "implements")
-            out[key] = (np.ascontiguousarray(c[:, :half]), np.ascontiguousarray(s[:, :half]))
+            def table(n: int) -> tuple[np.ndarray, np.ndarray]:
+                pos = torch.arange(n, dtype=torch.long)[None]
+                cos, sin = rotary(x, pos) if key == "default" else rotary(x, pos, key)
+                return _half_table(key, cos[0].float().numpy(), sin[0].float().numpy(), dims)
+
+            if lr is None or length <= lr.original_context:
+                out[key] = RopeTables(*table(length))
+            else:
+                out[key] = RopeTables(*table(lr.original_context), long=table(length), original=lr.original_context)
     return out
+
+
+def _half_table(key: str, c: np.ndarray, s: np.ndarray, dims: ModelDims) -> tuple[np.ndarray, np.ndarray]:
+    """The first half of HF's [positions, rotary_dim] tables: what GroupQueryAttention reads (it infers the
+    rotary dims from the table's width and passes the rest of each head through, as HF's partial rotary)."""
+    width = dims.rotary_dim or dims.head_dim
+    if c.shape[1] != width:
+        raise IncompatibleLayerError(f"rotary embedding {key!r}: tables of {c.shape[1]} dims, but the config "
+                                     f"says {width} of head_dim {dims.head_dim} rotate")
+    half = width // 2
+    # HF rotates halves (rotate_half): the second half of each table repeats the first
+    if not (np.array_equal(c[:, :half], c[:, half:]) and np.array_equal(s[:, :half], s[:, half:])):
+        raise IncompatibleLayerError(f"rotary embedding {key!r}: not the rotate-half layout GroupQueryAttention "
+                                     "implements")
+    return np.ascontiguousarray(c[:, :half]), np.ascontiguousarray(s[:, :half])

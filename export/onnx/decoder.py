@@ -12,8 +12,9 @@ still feeds 1). Outputs: ``logits`` float32 and ``present.{i}.key|value``; ``gen
 ``genai_config.json`` that names them for onnxruntime-genai.
 
 Per layer, as onnxruntime-genai builds it: SkipSimplifiedLayerNormalization (residual add + RMSNorm in
-one op), one MatMul/MatMulNBits for q, k and v together, GroupQueryAttention (rotary from cos/sin tables,
-KV cache concatenation, grouped heads, sliding window), one for gate and up (Phi-3's fused qkv_proj and
+one op), one MatMul/MatMulNBits for q, k and v together, GroupQueryAttention (rotary from cos/sin tables, of
+the first rotary_dim dims of each head; longrope: an If picks the short or long factors' tables by the
+total length; KV cache concatenation, grouped heads, sliding window), one for gate and up (Phi-3's fused qkv_proj and
 gate_up_proj are taken as they are), QuickGelu(alpha=1) = SiLU
 or FastGelu (tanh form) for the activation. Gemma's per-head q/k RMSNorm is Reshape ->
 SimplifiedLayerNormalization -> Reshape before attention; its (1 + weight) is folded into the weights.
@@ -27,7 +28,7 @@ import json
 import numpy as np
 import onnx
 
-from .arch import ArchSpec, ModelDims
+from .arch import ArchSpec, ModelDims, RopeTables
 from .config import OnnxConfig
 from .graph import FLOAT, INT64, MS, Graph, nbits_bits, nbits_tensors, value_info
 from .levels import initial_level
@@ -195,7 +196,7 @@ class _Builder:
             return self.g.one("Reshape", [y, full], name="lm_head/unflatten")
         return self.g.one("MatMul", [x, self.float_weight(f"{HEAD}.weight", w.T)], name="lm_head")
 
-    def build(self, rope_np: dict[str, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+    def build(self, rope_np: dict[str, RopeTables]) -> onnx.ModelProto:
         g, d = self.g, self.dims
         g.inputs += [value_info("input_ids", INT64, ["batch", "seq"]),
                      value_info("attention_mask", INT64, ["batch", "total"])]
@@ -204,7 +205,6 @@ class _Builder:
                 g.inputs.append(value_info(f"past_key_values.{i}.{kv}", FLOAT, ["batch", ld.kv_heads, "past", d.head_dim]))
         g.inputs.append(value_info("logits_to_keep", INT64, []))
         g.init("logits_to_keep", np.array(0, np.int64))  # the default: every position
-        rope = {key: (g.init(f"rope.{key}.cos", c), g.init(f"rope.{key}.sin", s)) for key, (c, s) in rope_np.items()}
         # GroupQueryAttention's bookkeeping, as onnxruntime-genai derives it from the mask
         lens = g.one("ReduceSum", ["attention_mask", g.const([1])], name="mask/len", keepdims=0)
         lens = g.one("Sub", [lens, g.const(1)], name="mask/last")
@@ -212,6 +212,7 @@ class _Builder:
         total = g.one("Gather", [g.one("Shape", ["attention_mask"], name="mask/shape"), g.const(1)], name="mask/total",
                       axis=0)
         total = g.one("Cast", [total], to=onnx.TensorProto.INT32, name="mask/total_i32")
+        rope = {key: _rope_inputs(g, key, t, total) for key, t in rope_np.items()}
 
         x = self.embed("input_ids")
         residual, carry = x, None
@@ -255,6 +256,28 @@ def build_decoder(src: WeightSource, spec: ArchSpec, dims: ModelDims, plan: Plan
     b = _Builder(src, spec, dims, plan, cfg, config)
     model = b.build(rope)
     return model, b.weight_map
+
+
+def _rope_inputs(g: Graph, key: str, t: RopeTables, total: str) -> tuple[str, str]:
+    """GroupQueryAttention's cos/sin caches for one rotary kind. Longrope: an If on the total sequence
+    length (past + new, what transformers' largest position + 1 is) picks the long factors' table past
+    ``original`` positions and the short one up to it, as onnxruntime-genai's builder does for Phi-3 128k;
+    both tables are initializers of the main graph that the branches pass on."""
+    cos, sin = g.init(f"rope.{key}.cos", t.cos), g.init(f"rope.{key}.sin", t.sin)
+    if t.long is None:
+        return cos, sin
+    long_cos, long_sin = g.init(f"rope.{key}.long.cos", t.long[0]), g.init(f"rope.{key}.long.sin", t.long[1])
+    is_long = g.one("Greater", [total, g.const(t.original, np.int32)], name=f"rope.{key}/is_long")
+
+    def branch(name: str, c: str, s: str) -> onnx.GraphProto:
+        outs = [f"rope.{key}.{name}/cos", f"rope.{key}.{name}/sin"]
+        return onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", [c], outs[:1]), onnx.helper.make_node("Identity", [s], outs[1:])],
+            f"rope_{key}_{name}", [], [value_info(o, FLOAT, None) for o in outs])
+
+    return tuple(g.node("If", [is_long], 2, name=f"rope.{key}/select", outputs=[f"rope.{key}.cos_cache",
+                                                                                f"rope.{key}.sin_cache"],
+                        then_branch=branch("long", long_cos, long_sin), else_branch=branch("short", cos, sin)))
 
 
 def _fusable(choices) -> bool:
