@@ -27,6 +27,21 @@ class ExportRequest:
     save_config: Path | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # CLI options given (None = not given)
 
+    def build_config(self, cls: type, given: dict[str, Any]):
+        """The format's config: the ``--config`` file's fields (or the defaults) with the options ``given``
+        on top, written to ``--save-config`` when asked.
+
+        >>> cfg = req.build_config(GGUFConfig, {"qtype": "Q4_0"})
+        """
+        from compress.config import load_config_file
+        from compress.outputs import write_text_output
+
+        base = load_config_file(self.config, cls) if self.config else cls()
+        cfg = cls.from_dict({**base.to_dict(), **given})
+        if self.save_config:
+            write_text_output(self.save_config, cfg.to_yaml(), inputs=[self.artifact])
+        return cfg
+
 
 def register(app: typer.Typer) -> None:
     """Add ``compress export`` to the CLI app."""

@@ -16,9 +16,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compress.config import load_config_file
-from compress.outputs import write_text_output
-
 out = Console()
 
 
@@ -26,11 +23,7 @@ def run(req) -> None:
     """Handler for ``--format gguf`` (an :class:`export.cli.ExportRequest`)."""
     from . import GGUFConfig, export_gguf
 
-    cfg = load_config_file(req.config, GGUFConfig) if req.config else GGUFConfig()
-    given = {k: v for k, v in req.options.items() if v is not None}
-    cfg = GGUFConfig.from_dict({**cfg.to_dict(), **given})
-    if req.save_config:
-        write_text_output(req.save_config, cfg.to_yaml(), inputs=[req.artifact])
+    cfg = req.build_config(GGUFConfig, {k: v for k, v in req.options.items() if v is not None})
     if req.dry_run:
         _dry_run(req, cfg)
         return

@@ -18,9 +18,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from compress.config import load_config_file
-from compress.outputs import write_text_output
-
 out = Console()
 # CLI option -> OnnxConfig field
 _FIELDS = {"qtype": "precision", "embeddings": "embeddings", "check_tokens": "check_tokens",
@@ -36,7 +33,6 @@ def run(req) -> None:
 
     from . import OnnxConfig, export_onnx
 
-    cfg = load_config_file(req.config, OnnxConfig) if req.config else OnnxConfig()
     given = {}
     for k, v in req.options.items():
         if v is None:
@@ -47,9 +43,7 @@ def run(req) -> None:
         if k == "accuracy_level" and isinstance(v, str) and v.strip().isdigit():
             v = int(v)  # the CLI takes "auto" or a number
         given[_FIELDS[k]] = v
-    cfg = OnnxConfig.from_dict({**cfg.to_dict(), **given})
-    if req.save_config:
-        write_text_output(req.save_config, cfg.to_yaml(), inputs=[req.artifact])
+    cfg = req.build_config(OnnxConfig, given)
     if req.dry_run:
         _dry_run(req, cfg)
         return
