@@ -4,8 +4,8 @@
   documented layout (compress/quantize/FORMAT.md: qweight packed low nibble first, float16 scales,
   uint8 zeros when asymmetric), and its inverse.
 - ``rtn_artifact``: a whole quantize-stage artifact (manifest stage "quantize", quantization.json,
-  NAME.qweight / .scales / .zeros) written with that RTN; it loads through the stage's registered loader
-  like any quantized artifact.
+  NAME.qweight / .scales / .zeros) written with that RTN; it loads through the loader compress.kinds names
+  for stage "quantize", like any quantized artifact.
 - ``train_on_ids``: a tiny model trained for a second on fixed ids. Random tiny models have flat
   next-token distributions, where top-1 agreement is decided by near-ties; one that has memorized the
   validation's check ids predicts them with high confidence, so per-precision tolerances apply unchanged.
