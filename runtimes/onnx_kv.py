@@ -101,6 +101,7 @@ class SharedKVCache:
         self._mask = np.ones((1, self.capacity), np.int64)
         self._token = np.zeros((1, 1), np.int64)
         self._token_value = ort.OrtValue.ortvalue_from_numpy(self._token)
+        self._token_bound = False  # input_ids is bound to _token (else to a prompt's ids)
         self._keep = ort.OrtValue.ortvalue_from_numpy(np.array(1, np.int64))  # the last position's logits only
         self.binding.bind_ortvalue_input("logits_to_keep", self._keep)
         self._logits = None  # logits_to_keep 1: always [1, 1, vocab], so one array takes every step's
@@ -119,9 +120,12 @@ class SharedKVCache:
         value = self._ort.OrtValue.ortvalue_from_numpy
         if len(ids) == 1:
             self._token[0, 0] = ids[0]
-            self.binding.bind_ortvalue_input("input_ids", self._token_value)
+            if not self._token_bound:
+                self.binding.bind_ortvalue_input("input_ids", self._token_value)
+                self._token_bound = True
         else:
             self.binding.bind_ortvalue_input("input_ids", value(np.asarray([ids], dtype=np.int64)))
+            self._token_bound = False
         # ones over the valid prefix: the graph reads seqlens_k and total_sequence_length from it
         self.binding.bind_ortvalue_input("attention_mask", value(self._mask[:, :total]))
         if self._logits is None:

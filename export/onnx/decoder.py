@@ -3,7 +3,8 @@
     model, weight_map = build_decoder(src, spec, dims, plan, rope, cfg)
 
 Inputs: ``input_ids`` int64 [batch, seq], ``attention_mask`` int64 [batch, past + seq],
-``past_key_values.{i}.key|value`` float32 [batch, kv_heads, past, head_dim] and ``logits_to_keep``
+``past_key_values.{i}.key|value`` float32 [batch, kv_heads, past, head_dim] (``kv.py`` retypes them and the
+presents to ``kv_dtype`` and declares that past and present may be one buffer of any length) and ``logits_to_keep``
 (int64 scalar: 0 = every position, k > 0 = only the last k, which spares prefill the vocabulary
 projection of the prompt). ``logits_to_keep`` is optional: an initializer of the same name holds its
 default, 0, so onnxruntime-genai's generator, which feeds only the inputs it knows, gets every position
@@ -14,8 +15,8 @@ still feeds 1). Outputs: ``logits`` float32 and ``present.{i}.key|value``; ``gen
 Per layer, as onnxruntime-genai builds it: SkipSimplifiedLayerNormalization (residual add + RMSNorm in
 one op), one MatMul/MatMulNBits for q, k and v together, GroupQueryAttention (rotary from cos/sin tables, of
 the first rotary_dim dims of each head; longrope: an If picks the short or long factors' tables by the
-total length; KV cache concatenation, grouped heads, sliding window), one for gate and up (Phi-3's fused qkv_proj and
-gate_up_proj are taken as they are), QuickGelu(alpha=1) = SiLU
+total length; the KV cache written after the valid prefix ``attention_mask`` gives, grouped heads, sliding
+window), one for gate and up (Phi-3's fused qkv_proj and gate_up_proj are taken as they are), QuickGelu(alpha=1) = SiLU
 or FastGelu (tanh form) for the activation. Gemma's per-head q/k RMSNorm is Reshape ->
 SimplifiedLayerNormalization -> Reshape before attention; its (1 + weight) is folded into the weights.
 """
