@@ -25,15 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
-import torch
 
 from .config import StageConfig, register_config
 from .data import TASKS, load_mc_task, load_text, text_windows, tokenize_text, uses_bos
-from .errors import ConfigError, NonFiniteError
+from .errors import ArtifactError, ConfigError, NonFiniteError
+from .logits import TextScore, log_probs, target_logp
 from .memory import trim_heap
 from .progress import track
-
-_CHUNK = 128  # positions per log-softmax block: bounds memory with Gemma's 262k vocabulary
 
 
 @register_config("eval")
@@ -112,37 +110,31 @@ def evaluate(runtime, tokenizer, cfg: EvalConfig, *, reference=None, plan: EvalP
 
 
 def score_windows(runtime, windows, *, reference=None) -> dict[str, float]:
-    """Perplexity of ``runtime`` over the windows; with a reference, KL and top-1 agreement too."""
-    nll_sum, kl_sum, agree, n = 0.0, 0.0, 0, 0
+    """Perplexity of ``runtime`` over the windows; with a reference, KL and top-1 agreement too (the
+    arithmetic: :class:`compress.logits.TextScore`)."""
+    score = TextScore()
     for w in track(windows, f"scoring text ({runtime.name})"):
         logits = runtime.logits(w.input_ids)
         ref = reference.logits(w.input_ids) if reference is not None else None
-        targets = torch.tensor(w.input_ids[w.first_target:])
-        for a in range(0, len(targets), _CHUNK):
-            lo, hi = w.first_target - 1 + a, w.first_target - 1 + min(a + _CHUNK, len(targets))
-            tgt = targets[a:a + _CHUNK]
-            logp = torch.log_softmax(torch.from_numpy(np.ascontiguousarray(logits[lo:hi])).float(), -1)
-            nll_sum += float(-logp.gather(1, tgt[:, None]).sum())
-            if ref is not None:
-                ref_logp = torch.log_softmax(torch.from_numpy(np.ascontiguousarray(ref[lo:hi])).float(), -1)
-                kl_sum += float((ref_logp.exp() * (ref_logp - logp)).sum())
-                agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
-            n += len(tgt)
+        if ref is not None and logits.shape != ref.shape:
+            raise ArtifactError(f"{runtime.name} returned logits of shape {logits.shape}, the reference "
+                                f"{ref.shape}; not the same model or vocabulary")
+        score.add_window(logits, w.input_ids, w.first_target, ref)
         # a window's logits are 100 MB at 512 tokens x 49,152 vocabulary: let them go before the next
         # window's are computed, not after (and the log-softmax blocks' heap pages with them)
         del logits, ref
         trim_heap()
-    mean = nll_sum / n
-    if not mean < 709:  # NaN, inf, or exp() past the float range: never a perplexity printed as nan
-        raise NonFiniteError(f"{runtime.name}: mean negative log-likelihood is {mean:.4g} over {n} tokens; the "
-                             "model's logits are not finite (NaN/inf weights or an overflow) - no perplexity")
-    out = {"tokens": n, "perplexity": math.exp(mean)}
+    n = score.n
+    if not score.mean_nll < 709:  # NaN, inf, or exp() past the float range: never a perplexity printed as nan
+        raise NonFiniteError(f"{runtime.name}: mean negative log-likelihood is {score.mean_nll:.4g} over {n} tokens; "
+                             "the model's logits are not finite (NaN/inf weights or an overflow) - no perplexity")
+    out = {"tokens": n, "perplexity": score.perplexity}
     if reference is not None:
-        if not math.isfinite(kl_sum):
-            raise NonFiniteError(f"{reference.name}: KL against the reference is {kl_sum} over {n} tokens; the "
+        if not math.isfinite(score.kl):
+            raise NonFiniteError(f"{reference.name}: KL against the reference is {score.kl} over {n} tokens; the "
                                  "reference's logits are not finite")
-        out["kl"] = max(kl_sum / n, 0.0)  # float rounding can leave -1e-9 for identical models
-        out["top1_agreement"] = agree / n
+        out["kl"] = score.mean_kl
+        out["top1_agreement"] = score.top1
     return out
 
 
@@ -197,8 +189,7 @@ def mc_accuracy(runtime, tokenizer, task, *, limit: int = 0) -> dict[str, float]
             cont_ids = ids[len(ctx_ids):]
             # rows for positions len(ctx_ids)-1 .. len(ids)-2 predict the continuation's tokens
             rows = runtime.logits(ids, last=len(cont_ids) + 1)[:-1]
-            logp = torch.log_softmax(torch.from_numpy(np.ascontiguousarray(rows)).float(), -1)
-            scores.append(float(logp.gather(1, torch.tensor(cont_ids)[:, None]).sum()))
+            scores.append(float(target_logp(log_probs(rows), cont_ids).sum()))
         correct += int(int(np.argmax(scores)) == ex.correct)
     chance = float(np.mean([1 / len(e.choices) for e in examples]))
     return {"accuracy": correct / len(examples), "n": len(examples), "chance": chance}

@@ -20,6 +20,7 @@ import torch
 
 from .data import CHECK_TOKENS, check_ids
 from .errors import ImportMismatchError, MissingBackendError, ModelLoadError
+from .logits import token_nll  # noqa: F401  (the reload check in compress.models takes it from here)
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,6 @@ def strip_gguf_marker(model) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-
-
-def token_nll(logits: np.ndarray | torch.Tensor, ids: list[int]) -> np.ndarray:
-    """Negative log-likelihood of ids[1:] given the logits at positions [:-1]."""
-    lg = torch.as_tensor(np.asarray(logits[: len(ids) - 1]), dtype=torch.float32)
-    logp = torch.log_softmax(lg, dim=-1)
-    tgt = torch.tensor(ids[1:]).unsqueeze(1)
-    return (-logp.gather(1, tgt).squeeze(1)).numpy()
 
 
 @torch.inference_mode()

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..logits import log_probs, mean_kl
 from ..quantize.scoring import eval_windows
-from ..quantize.sensitivity import mean_kl
 
 
 @dataclasses.dataclass
@@ -47,8 +47,7 @@ class DiagnosisTokens:
     @torch.no_grad()
     def reference_logp(self, model) -> list[torch.Tensor]:
         """log-softmax of ``model``'s logits at the scored positions, one tensor per batch."""
-        return [torch.log_softmax(model(b.ids, use_cache=False).logits[:, b.positions].float(), -1)
-                for b in self.batches]
+        return [log_probs(model(b.ids, use_cache=False).logits[:, b.positions]) for b in self.batches]
 
     @torch.no_grad()
     def kl(self, ref: Sequence[torch.Tensor], logits_of: Callable[[int, Batch], torch.Tensor]) -> float:

@@ -23,13 +23,13 @@ Torch is imported here, not in the writer: this is the PyTorch side of the compa
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compress.errors import ExportMismatchError, MissingBackendError
+from compress.logits import compare, perplexity
 from compress.memory import release_memory
 from runtimes.quiet import captured_output
 
@@ -272,21 +272,16 @@ def load_gguf_weights(model, path: Path, plan: list[TensorPlan]) -> None:
 
 
 def compare_logits(t: np.ndarray, ll: np.ndarray, ids: list[int]) -> dict[str, Any]:
-    lt = _log_softmax(t.astype(np.float64))
-    lc = _log_softmax(ll.astype(np.float64))
-    kl = (np.exp(lt) * (lt - lc)).sum(-1)
-    agree = t.argmax(-1) == ll.argmax(-1)
-    nll_t = -lt[np.arange(len(ids) - 1), ids[1:]]
-    nll_c = -lc[np.arange(len(ids) - 1), ids[1:]]
-    worst = int(kl.argmax())
+    """PyTorch's logits ``t`` against llama.cpp's ``ll`` on ``ids`` (:func:`compress.logits.compare`, float64)."""
+    c = compare(t, ll)
     return {
-        "top1_agreement": float(agree.mean()),
-        "kl_mean": float(kl.mean()),
-        "kl_max": float(kl.max()),
-        "worst_position": worst,
-        "max_abs_logit_diff": float(np.abs(t - ll).max()),
-        "torch_perplexity": float(math.exp(nll_t.mean())),
-        "llamacpp_perplexity": float(math.exp(nll_c.mean())),
+        "top1_agreement": c.top1_agreement,
+        "kl_mean": c.kl_mean,
+        "kl_max": c.kl_max,
+        "worst_position": c.worst_kl_position,
+        "max_abs_logit_diff": c.max_abs,
+        "torch_perplexity": perplexity(c.ref_logp, ids),
+        "llamacpp_perplexity": perplexity(c.got_logp, ids),
     }
 
 
@@ -338,8 +333,3 @@ def _judge(path: Path, r: dict[str, Any], tol: Tolerance, tok, ids: list[int], t
 def _last_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
     return lines[-1] if lines else "no message from llama.cpp"
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import ExportMismatchError
+from compress.logits import compare as compare_logits
 
 from .config import Tolerance
 
@@ -37,17 +38,12 @@ def torch_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    """max |diff| (and its position), mean KL(ref || got), top-1 agreement over rows."""
-    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    row_max = diff.max(axis=1)
-    lp, lq = _log_softmax(ref), _log_softmax(got)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
-    top1 = ref.argmax(axis=1) == got.argmax(axis=1)
-    worst = int(row_max.argmax())
-    return {"positions": int(ref.shape[0]), "max_abs": float(row_max.max()), "worst_position": worst,
-            "kl": float(kl.mean()), "kl_max": float(kl.max()), "top1_agreement": float(top1.mean()),
-            "first_disagreement": int(np.argmin(top1)) if not top1.all() else None,
-            "logit_range": float(np.abs(ref).max())}
+    """max |diff| (and its position), mean KL(ref || got), top-1 agreement over rows
+    (:func:`compress.logits.compare`, float64)."""
+    c = compare_logits(ref, got)
+    return {"positions": c.positions, "max_abs": c.max_abs, "worst_position": c.worst_abs_position,
+            "kl": c.kl_mean, "kl_max": c.kl_max, "top1_agreement": c.top1_agreement,
+            "first_disagreement": c.first_disagreement, "logit_range": c.logit_range}
 
 
 def reference_logits(model, tokenizer, check_tokens: int) -> np.ndarray:
@@ -109,9 +105,3 @@ def _judge(r: dict[str, Any], output: str, tol: Tolerance, ids: list[int], where
         raise ExportMismatchError(
             f"{where}: output 'logits' ({output}) disagrees with PyTorch: {'; '.join(found)}; worst position "
             f"{pos} (token id {ids[pos]}, max |diff| {r['max_abs']:.3g})")
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
