@@ -15,11 +15,9 @@ peak RSS (the bench worker asks only after its last memory reading).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-ONNX_KV_BYTES = 4  # our ONNX exports keep the cache in float32
 GGUF_KV_BYTES = 2  # llama.cpp's default cache type is F16
 
 
@@ -28,7 +26,7 @@ def kv_bytes_per_position(cfg: dict[str, Any], elem_bytes: int) -> float:
 
     >>> kv_bytes_per_position({"num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2,
     ...                        "hidden_size": 96}, 4)
-    1024.0
+    512.0
     """
     cfg = cfg.get("text_config", cfg)
     heads = cfg["num_attention_heads"]
@@ -79,8 +77,17 @@ def onnx_weight_bytes(path: Path) -> float:
 
 
 def onnx_kv_bytes_per_position(path: Path) -> float:
-    """From the ``config.json`` an ONNX export keeps beside its model file."""
-    return kv_bytes_per_position(json.loads((Path(path).parent / "config.json").read_text()), ONNX_KV_BYTES)
+    """From the graph's ``past_key_values.*`` inputs, [batch, kv_heads, past, head_dim] each, at their element
+    type (float32, or float16 for an export made with ``kv_dtype: float16``)."""
+    import onnx
+
+    total = 0
+    for i in onnx.load(str(path), load_external_data=False).graph.input:
+        if i.name.startswith("past_key_values."):
+            t = i.type.tensor_type
+            kv_heads, head_dim = t.shape.dim[1].dim_value, t.shape.dim[3].dim_value
+            total += kv_heads * head_dim * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return float(total)
 
 
 def _initializer_bytes(init) -> int:

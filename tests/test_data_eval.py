@@ -202,7 +202,7 @@ class SuccessorRuntime:
     def __init__(self):
         self.calls: list[list[int]] = []
 
-    def load(self, artifact, profile: DeviceProfile) -> None:
+    def load(self, artifact, profile: DeviceProfile, *, n_ctx=None, verify=True) -> None:
         pass
 
     def logits(self, token_ids, last=None):
@@ -221,6 +221,12 @@ class SuccessorRuntime:
 
     def version(self) -> str:
         return "0"
+
+    def weight_bytes(self) -> float:
+        return 0.0  # no weights: the next token is computed
+
+    def kv_bytes_per_position(self) -> float:
+        return 0.0
 
 
 def test_fake_runtime_implements_the_runtime_protocol():
