@@ -34,6 +34,16 @@ def usable_threads(requested: int) -> int:
     return cores
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share (a KV cache of ``a`` serves that much of ``b``)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceProfile:
     """Where a model runs: thread count and budgets (MB). ``None`` budgets are unlimited."""

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from compress.errors import ArtifactError, MissingBackendError
 
-from .base import DeviceProfile, Generation, usable_threads
+from .base import DeviceProfile, Generation, common_prefix, usable_threads
+from .quiet import captured_output
 from .sizes import gguf_kv_bytes_per_position, gguf_weight_bytes
 
 STAGE = "export-gguf"
 INSTALL = "pip install llama-cpp-python"
 DEFAULT_CTX = 1024
+GENERATE_BATCH = 512  # llama-cpp-python's default n_batch
 
 
 def _llama_cpp():
@@ -62,19 +64,31 @@ class LlamaCppRuntime:
         self.path: Path | None = None
         self.tokenizer: Any = None  # llama.cpp tokenizes itself (self.llm.tokenize); the harness passes ids
 
-    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None,
-             verify: bool = True) -> None:
+    def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None, verify: bool = True,
+             logits_all: bool = True, seed: int | None = None) -> None:
         """Open the GGUF with ``profile.threads`` threads and a context of ``n_ctx`` positions (default
         1024, capped at the model's training context). Every position's logits are kept (``logits_all``)
-        so that :meth:`logits` can score a whole window in one eval. No load-time checks (``verify``)."""
+        so that :meth:`logits` can score a whole window in one eval; a generating application (chat) passes
+        ``logits_all=False`` and ``seed`` for its sampler. No load-time checks (``verify``). A file llama.cpp
+        refuses is an ArtifactError quoting llama.cpp's own last error line."""
         llama_cpp = _llama_cpp()
         self.path = gguf_path(artifact)
         n_ctx = n_ctx or DEFAULT_CTX
+        threads = usable_threads(profile.threads)
         # llama.cpp evaluates at most n_batch tokens per decode call: one call per window keeps the
-        # arithmetic the same as a single forward pass elsewhere
-        self.llm = llama_cpp.Llama(model_path=str(self.path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
-                                   n_threads=usable_threads(profile.threads),
-                                   n_threads_batch=usable_threads(profile.threads), verbose=False)
+        # arithmetic the same as a single forward pass elsewhere; generation alone keeps llama.cpp's default
+        extra = {} if seed is None else {"seed": seed}
+        with captured_output() as chatter:
+            try:
+                self.llm = llama_cpp.Llama(model_path=str(self.path), logits_all=logits_all, n_ctx=n_ctx,
+                                           n_batch=n_ctx if logits_all else GENERATE_BATCH, n_threads=threads,
+                                           n_threads_batch=threads, verbose=False, **extra)
+                failed = None
+            except (ValueError, RuntimeError) as e:  # llama-cpp-python's "Failed to load model from file"
+                failed = e
+        if failed is not None:
+            lines = [ln for ln in chatter().splitlines() if "error" in ln.lower()] or [str(failed)]
+            raise ArtifactError(f"{self.path}: llama.cpp cannot load it ({lines[-1].strip()})") from None
 
     def logits(self, token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
         ids = list(token_ids)
@@ -122,6 +136,52 @@ class LlamaCppRuntime:
         if n > limit:
             raise ConfigError(f"sequence of {n} tokens is longer than the llama.cpp context ({limit}); "
                               "load with a larger n_ctx")
+
+    # --- generation as an application does it (compress chat): llama.cpp's sampler, the cache kept ---
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF's metadata as llama.cpp read it (chat template, special-token flags, context length)."""
+        return self.llm.metadata
+
+    def context_length(self) -> int:
+        """Positions this context holds: ``n_ctx``, or the model's training context when that is shorter."""
+        md = self.llm.metadata
+        arch = md.get("general.architecture", "")
+        return min(self.llm.n_ctx(), int(md.get(f"{arch}.context_length", self.llm.n_ctx())))
+
+    def end_ids(self) -> set[int]:
+        """Every end-of-generation token of the vocabulary (llama.cpp's own list), and the EOS token."""
+        llama_cpp = _llama_cpp()
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        ids = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        ids.add(self.llm.token_eos())
+        return ids
+
+    def special_ids(self) -> tuple[int, int]:
+        """(BOS, EOS) token ids; -1 where the vocabulary has none."""
+        return self.llm.token_bos(), self.llm.token_eos()
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's tokenization of ``text``, special tokens parsed, no BOS added."""
+        return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def token_bytes(self, ids: Sequence[int], *, special: bool = False) -> bytes:
+        return self.llm.detokenize(list(ids), special=special)
+
+    def cached_prefix(self, token_ids: Sequence[int]) -> int:
+        """How many leading ``token_ids`` are already in the KV cache (what :meth:`sample` will not run again)."""
+        return common_prefix(self.llm._input_ids, token_ids)
+
+    def sample(self, token_ids: Sequence[int], *, temperature: float, top_k: int, top_p: float) -> Iterator[int]:
+        """Token ids sampled one at a time after ``token_ids`` (greedy at temperature 0), reusing the cached
+        prefix and evaluating only the rest; the caller stops it (close the generator)."""
+        return self.llm.generate(list(token_ids), temp=temperature, top_k=top_k, top_p=top_p, min_p=0.0,
+                                 repeat_penalty=1.0, reset=True)
+
+    def reset(self) -> None:
+        """Forget the KV cache."""
+        self.llm.reset()
 
     def version(self) -> str:
         return _llama_cpp().__version__

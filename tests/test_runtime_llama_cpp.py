@@ -82,3 +82,11 @@ def test_missing_llama_cpp_names_the_install_command(gguf_f32, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
     with pytest.raises(MissingBackendError, match="pip install llama-cpp-python"):
         _load(gguf_f32)
+
+
+def test_a_file_llama_cpp_refuses_is_an_artifact_error_quoting_llama_cpp(gguf_f32, tmp_path):
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(gguf_f32.read_bytes()[:4096])  # the header and part of the metadata, no tensors
+    with pytest.raises(ArtifactError, match="llama.cpp cannot load it") as e:
+        _load(bad)
+    assert "\n" not in str(e.value)

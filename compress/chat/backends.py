@@ -1,4 +1,5 @@
-"""Chat backends: a GGUF through llama.cpp, an ONNX export through onnxruntime with our own KV-cache loop.
+"""Chat backends over runtimes/: a GGUF through the llama.cpp runtime (its sampler), an ONNX export through
+the onnxruntime runtime's decoder with our own sampling loop.
 
     backend = open_backend(Path("runs/demo/export-gguf-q4km"), ChatConfig(), threads=2)
     ids = backend.encode(backend.template.render(messages))
@@ -21,9 +22,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from runtimes.base import usable_threads
+from runtimes.base import common_prefix
 
-from ..errors import ArtifactError, MissingBackendError
+from ..errors import ArtifactError
 from .config import ChatConfig
 from .template import ChatTemplate
 from .tokenizer import generation_eos, load_export_tokenizer
@@ -89,76 +90,54 @@ def model_bytes(path: str | Path) -> int:
     return f.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class LlamaCppBackend:
+    """Chat over :class:`runtimes.llama_cpp_runtime.LlamaCppRuntime`: the GGUF's template, its stop tokens and
+    whole-character text pieces; loading, tokenizing and sampling are the runtime's."""
+
     name = "llama.cpp"
 
     def __init__(self, gguf: Path, cfg: ChatConfig, threads: int) -> None:
-        try:
-            import llama_cpp
-        except ImportError:
-            raise MissingBackendError("chat on a GGUF needs llama.cpp: pip install llama-cpp-python") from None
-        from runtimes.quiet import captured_output
+        from runtimes import DeviceProfile
+        from runtimes.llama_cpp_runtime import LlamaCppRuntime
 
         self.cfg, self.path = cfg, gguf
-        try:
-            with captured_output() as text:
-                n = usable_threads(threads)
-                self.llm = llama_cpp.Llama(str(gguf), n_ctx=cfg.context, n_threads=n, n_threads_batch=n,
-                                           seed=cfg.seed, verbose=False)
-        except (ValueError, RuntimeError) as e:
-            lines = [ln for ln in text().splitlines() if "error" in ln.lower()] or [str(e)]
-            raise ArtifactError(f"{gguf}: llama.cpp cannot load it ({lines[-1].strip()})") from None
-        md = self.llm.metadata
-        arch = md.get("general.architecture", "")
-        trained = int(md.get(f"{arch}.context_length", cfg.context))
-        self.context_length = min(self.llm.n_ctx(), trained)
+        self.runtime = rt = LlamaCppRuntime()
+        rt.load(gguf, DeviceProfile(threads=threads), n_ctx=cfg.context, logits_all=False, seed=cfg.seed)
+        md = rt.metadata
+        self.context_length = rt.context_length()
         self.add_bos = md.get("tokenizer.ggml.add_bos_token", "false") == "true"
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self.stop_ids = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-        self.stop_ids.add(self.llm.token_eos())
+        self.stop_ids = rt.end_ids()
         for marker in END_MARKERS:
-            ids = self.llm.tokenize(marker.encode(), add_bos=False, special=True)
+            ids = rt.tokenize(marker)
             if len(ids) == 1:
                 self.stop_ids.add(ids[0])
-        self.bos_text = self._text(self.llm.token_bos())
+        self.bos_id, eos_id = rt.special_ids()
+        self.bos_text = self._text(self.bos_id)
         self.template = ChatTemplate(md.get("tokenizer.chat_template"), bos_token=self.bos_text,
-                                     eos_token=self._text(self.llm.token_eos()), where=str(gguf))
+                                     eos_token=self._text(eos_id), where=str(gguf))
         self.last = TurnStats()
 
     def _text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self.llm.detokenize([token], special=True).decode("utf-8", "replace")
+        return self.runtime.token_bytes([token], special=True).decode("utf-8", "replace")
 
     def encode(self, prompt: str) -> list[int]:
         # the template writes its own special tokens; BOS only where the model wants one and it is missing
-        ids = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        if self.add_bos and not prompt.startswith(self.bos_text or "\0") and self.llm.token_bos() >= 0:
-            ids = [self.llm.token_bos()] + ids
+        ids = self.runtime.tokenize(prompt)
+        if self.add_bos and not prompt.startswith(self.bos_text or "\0") and self.bos_id >= 0:
+            ids = [self.bos_id] + ids
         return ids
 
     def reset(self) -> None:
-        self.llm.reset()
+        self.runtime.reset()
 
     def stream(self, ids: Sequence[int], max_new_tokens: int) -> Iterator[str]:
-        cfg = self.cfg
-        # llama-cpp-python keeps the evaluated ids in _input_ids; generate() below reuses that prefix
-        self.last = stats = TurnStats(prompt_tokens=len(ids),
-                                      reused_tokens=_common_prefix(list(self.llm._input_ids), ids))
+        cfg, rt = self.cfg, self.runtime
+        self.last = stats = TurnStats(prompt_tokens=len(ids), reused_tokens=rt.cached_prefix(ids))
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         t0 = time.perf_counter()
-        # generate() reuses the longest cached prefix of ids and evaluates only the rest
-        gen = self.llm.generate(list(ids), temp=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=0.0,
-                                repeat_penalty=1.0, reset=True)
+        gen = rt.sample(ids, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         try:
             for tok in gen:
                 if stats.new_tokens == 0:
@@ -166,7 +145,7 @@ class LlamaCppBackend:
                 if tok in self.stop_ids:
                     break
                 stats.new_tokens += 1
-                piece = utf8.decode(self.llm.detokenize([tok]))
+                piece = utf8.decode(rt.token_bytes([tok]))
                 if piece:
                     yield piece
                 if stats.new_tokens >= max_new_tokens:
@@ -235,7 +214,7 @@ class OnnxBackend:
 
     def stream(self, ids: Sequence[int], max_new_tokens: int) -> Iterator[str]:
         ids = list(ids)
-        reuse = _common_prefix(self._fed, ids)
+        reuse = common_prefix(self._fed, ids)
         if reuse < len(self._fed) or reuse == len(ids):  # the cache cannot be cut back cheaply: start over
             self.reset()
             reuse = 0
