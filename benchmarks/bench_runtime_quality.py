@@ -429,10 +429,7 @@ def load_runtime(row: Row, threads: int):
 
     rt = get_runtime(row.runtime)
     target = row.load or row.files[0]
-    if row.runtime == "llama.cpp":
-        rt.load(target, DeviceProfile(threads=threads), n_ctx=512)
-    else:
-        rt.load(target, DeviceProfile(threads=threads))
+    rt.load(target, DeviceProfile(threads=threads), n_ctx=512)  # windows of 512 at most
     return rt
 
 
