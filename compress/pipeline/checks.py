@@ -72,8 +72,17 @@ def check_export(step: Step, ctx: Context) -> str:
     config = json.loads((folder / "config.json").read_text())
     if step.kind == "export-gguf":
         from export.gguf.arch import spec_for
+        from export.gguf.config import is_kquant
+        from export.gguf.kquant import check_kquant_rows, config_row_widths
 
-        return f"{step.config.qtype}, architecture {spec_for(config).gguf_arch}"
+        note = f"{step.config.qtype}, architecture {spec_for(config).gguf_arch}"
+        if is_kquant(step.config.qtype):  # the model's widths (a quantize upstream keeps them)
+            try:
+                rows = check_kquant_rows(step.config.qtype, config_row_widths(config))
+            except IncompatibleLayerError as e:
+                raise IncompatibleLayerError(f"{step.label}: {e}") from None
+            note += f"; {rows}" if rows else ""
+        return note
     from export.onnx.arch import spec_for as onnx_spec
 
     onnx_spec(meta_model(str(folder)).config)

@@ -28,7 +28,7 @@ from .arch import ArchSpec, Dims, spec_for
 from .config import FLOAT_TYPES, GGUFConfig, is_kquant
 from .hparams import arch_metadata, model_dims
 from .imatrix import importance_matrix
-from .kquant import quantize_with_llama_cpp
+from .kquant import check_kquant_rows, quantize_with_llama_cpp, row_widths
 from .metadata import Metadata
 from .plan import TensorPlan, build_plan, resolved_qtype, summarize
 from .source import ExportSource, open_source
@@ -129,6 +129,8 @@ def prepare(src: ExportSource, cfg: GGUFConfig) -> tuple[ArchSpec, Dims, list[Te
     dims = model_dims(src, spec)
     plan = build_plan(src, spec, dims, cfg)
     qtype = resolved_qtype(src, cfg)
+    if is_kquant(qtype):  # refused when no row holds a super-block: the widths the tensors really have
+        check_kquant_rows(qtype, row_widths(dims.hidden, dims.n_head * dims.head_dim, dims.n_ff))
     md = Metadata()
     where = str(src.folder / "config.json")
     md.add("general.type", "model")

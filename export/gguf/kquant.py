@@ -15,13 +15,48 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import ExportMismatchError, MissingBackendError
+from compress.errors import ExportMismatchError, IncompatibleLayerError, MissingBackendError
 from runtimes.quiet import captured_output
 
 log = logging.getLogger(__name__)
 
 _FTYPES = {"Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
            "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+QK_K = 256  # a k-quant row is whole 256-wide super-blocks
+# what llama.cpp's quantizer writes instead, for a row that is not (llama-quant.cpp: Q4_K -> Q5_0, Q5_K -> Q5_1,
+# Q6_K -> Q8_0; the _M mixes put some tensors at Q6_K)
+FALLBACK = {"Q4_K_M": "Q5_0 and Q8_0", "Q5_K_M": "Q5_1 and Q8_0", "Q6_K": "Q8_0"}
+
+
+def row_widths(hidden: int, attention: int, ff: int) -> dict[str, int]:
+    """The row lengths (input widths) of a decoder's matrices, named by the config.json fields they come from:
+    embeddings, output, q/k/v and gate/up read ``hidden``, o_proj the attention width, down_proj the MLP's."""
+    return {"hidden_size": hidden, "num_attention_heads x head_dim": attention, "intermediate_size": ff}
+
+
+def config_row_widths(config: dict) -> dict[str, int]:
+    """:func:`row_widths` from config.json alone (``--dry-run``)."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    return row_widths(hidden, heads * head_dim, int(config["intermediate_size"]))
+
+
+def check_kquant_rows(qtype: str, widths: dict[str, int]) -> str:
+    """How the k-quant ``qtype`` fits rows of ``widths`` (:func:`row_widths`): a note naming the widths
+    llama.cpp falls back on, or IncompatibleLayerError naming ``export-gguf.qtype`` when no row is whole
+    256-wide super-blocks: every matrix would be stored in the fallback types, a file named ``qtype`` without
+    a single k-quant in it (a tiny Phi-3 96 wide, say). Checked before any weight is read."""
+    misfit = {k: w for k, w in widths.items() if w % QK_K}
+    shown = ", ".join(f"{k} {w}" for k, w in misfit.items())
+    if len(misfit) == len(widths):
+        raise IncompatibleLayerError(
+            f"export-gguf.qtype: {qtype} needs rows of whole {QK_K}-wide super-blocks and no matrix of this model has "
+            f"them ({shown}): llama.cpp would store every one as {FALLBACK[qtype]}, a {qtype} file without a k-quant "
+            f"in it; choose Q8_0, Q5_0 or Q4_0 (32-wide blocks) instead")
+    if misfit:
+        return f"{shown} not a multiple of {QK_K}: those rows fall back to {FALLBACK[qtype]}"
+    return ""
 
 
 def quantize_with_llama_cpp(src: Path, dst: Path, qtype: str, *, threads: int, embedding_type: str | None = None,
