@@ -145,46 +145,22 @@ def log_softmax64(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Per-position figures of :func:`compare`, and their summaries."""
+    """What :func:`compare` found, per position (arrays) and summarized (numbers)."""
 
-    ref_logp: np.ndarray  # [n, vocab] float64
+    ref_logp: np.ndarray  # [n, vocab] float64 log-probabilities
     got_logp: np.ndarray
     kl: np.ndarray  # [n] KL(reference || model)
     top1: np.ndarray  # [n] bool: the same token first
-    abs_diff: np.ndarray  # [n] max |logit difference| of the row, float64
+    abs_diff: np.ndarray  # [n] max |logit difference| of each row, float64
+    positions: int
+    kl_mean: float
+    kl_max: float
+    worst_kl_position: int
+    top1_agreement: float
+    first_disagreement: int | None
+    max_abs: float
+    worst_abs_position: int
     logit_range: float  # max |reference logit|
-
-    @property
-    def positions(self) -> int:
-        return int(self.kl.shape[0])
-
-    @property
-    def kl_mean(self) -> float:
-        return float(self.kl.mean())
-
-    @property
-    def kl_max(self) -> float:
-        return float(self.kl.max())
-
-    @property
-    def worst_kl_position(self) -> int:
-        return int(self.kl.argmax())
-
-    @property
-    def top1_agreement(self) -> float:
-        return float(self.top1.mean())
-
-    @property
-    def first_disagreement(self) -> int | None:
-        return None if self.top1.all() else int(np.argmin(self.top1))
-
-    @property
-    def max_abs(self) -> float:
-        return float(self.abs_diff.max())
-
-    @property
-    def worst_abs_position(self) -> int:
-        return int(self.abs_diff.argmax())
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> Comparison:
@@ -194,10 +170,15 @@ def compare(ref: np.ndarray, got: np.ndarray) -> Comparison:
     >>> c.top1.tolist(), c.max_abs, c.first_disagreement
     ([True, False], 1.0, 1)
     """
-    diff = np.abs(np.asarray(ref, dtype=np.float64) - np.asarray(got, dtype=np.float64))
+    diff = np.abs(np.asarray(ref, dtype=np.float64) - np.asarray(got, dtype=np.float64)).max(-1)
     lp, lq = log_softmax64(ref), log_softmax64(got)
-    return Comparison(ref_logp=lp, got_logp=lq, kl=(np.exp(lp) * (lp - lq)).sum(-1),
-                      top1=ref.argmax(-1) == got.argmax(-1), abs_diff=diff.max(-1),
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    top1 = ref.argmax(-1) == got.argmax(-1)
+    return Comparison(ref_logp=lp, got_logp=lq, kl=kl, top1=top1, abs_diff=diff, positions=int(kl.shape[0]),
+                      kl_mean=float(kl.mean()), kl_max=float(kl.max()), worst_kl_position=int(kl.argmax()),
+                      top1_agreement=float(top1.mean()),
+                      first_disagreement=None if top1.all() else int(np.argmin(top1)),
+                      max_abs=float(diff.max()), worst_abs_position=int(diff.argmax()),
                       logit_range=float(np.abs(ref).max()))
 
 
