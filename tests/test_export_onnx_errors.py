@@ -231,3 +231,16 @@ def test_runtime_refuses_a_sequence_longer_than_the_export_covers(tmp_path):
     assert len(rt.generate(list(range(5, 75)), 10).new_ids) == 10  # 80 positions exactly
     with pytest.raises(ConfigError, match="81 tokens is longer than this ONNX export runs \\(80\\)"):
         rt.generate(list(range(5, 75)), 12)
+
+
+def test_kv_dtype_option_reaches_the_config_and_int8_is_refused_by_it(tmp_path, run_cli):
+    import yaml
+
+    out, saved = tmp_path / "out", tmp_path / "onnx.yaml"
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--kv-dtype", "float16", "--out", out,
+                         "--dry-run", "--save-config", saved)
+    assert rc == 0, err
+    assert OnnxConfig.from_dict(yaml.safe_load(saved.read_text())).kv_dtype == "float16"
+    rc, _, err = run_cli("export", peaked("llama"), "--format", "onnx", "--kv-dtype", "int8", "--out", out)
+    _one_line_error(rc, err, "export-onnx.kv_dtype: 'int8'", "float32, float16")
+    assert _nothing_left(out)
