@@ -42,11 +42,15 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
                         handlers=[RichHandler(console=err, show_path=False)])
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.WARNING)
+    # transformers sets its logger's level from this when it is first imported (after this callback), which
+    # undid the line above: every Phi-3.5 config load printed its advice on rope_parameters["factor"]
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning" if verbose else "error")
     # transformers' own tqdm bars ("Loading weights") would put extra lines around the one-line errors
     # on stderr; progress is shown by compress.progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "transformers.utils.logging" in sys.modules:  # imported already (in-process use): env is read too late
         sys.modules["transformers.utils.logging"].disable_progress_bar()
+        sys.modules["transformers.utils.logging"].set_verbosity(logging.WARNING if verbose else logging.ERROR)
 
 
 @app.command()

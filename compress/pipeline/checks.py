@@ -70,6 +70,13 @@ def check_export(step: Step, ctx: Context) -> str:
     if folder is None:
         return "architecture checked after the model is fetched"
     config = json.loads((folder / "config.json").read_text())
+    try:  # the refusal names the step it comes from
+        return _check_format(step, folder, config)
+    except IncompatibleLayerError as e:
+        raise IncompatibleLayerError(f"{step.label}: {e}") from None
+
+
+def _check_format(step: Step, folder: Path, config: dict) -> str:
     if step.kind == "export-gguf":
         from export.gguf.arch import spec_for
         from export.gguf.config import is_kquant
@@ -77,13 +84,10 @@ def check_export(step: Step, ctx: Context) -> str:
 
         note = f"{step.config.qtype}, architecture {spec_for(config).gguf_arch}"
         if is_kquant(step.config.qtype):  # the model's widths (a quantize upstream keeps them)
-            try:
-                rows = check_kquant_rows(step.config.qtype, config_row_widths(config))
-            except IncompatibleLayerError as e:
-                raise IncompatibleLayerError(f"{step.label}: {e}") from None
+            rows = check_kquant_rows(step.config.qtype, config_row_widths(config))
             note += f"; {rows}" if rows else ""
         return note
     from export.onnx.arch import spec_for as onnx_spec
 
-    onnx_spec(meta_model(str(folder)).config)
+    onnx_spec(meta_model(str(folder)).config)  # family, rope and rotary dims, from config.json
     return f"{step.config.precision}, architecture {config.get('model_type')}"

@@ -103,8 +103,19 @@ def spec_for(config) -> ArchSpec:
         raise IncompatibleLayerError(f"model_type {kind!r}: the ONNX export does not support this architecture; "
                                      f"supported: {', '.join(SUPPORTED)}")
     spec = ARCHS[kind]
-    check_config(spec.family, config.to_dict() if hasattr(config, "to_dict") else dict(config), "config.json")
+    cfg = _config_dict(config)
+    check_config(spec.family, cfg, "config.json")
+    head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // int(cfg["num_attention_heads"]))
+    _check_rotary(rotary_dim(cfg, head_dim), head_dim)  # from config.json: the dry run refuses it too
     return spec
+
+
+def _check_rotary(rotary: int, head_dim: int) -> None:
+    if rotary != head_dim and rotary % 16:
+        # GroupQueryAttention: "cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8"
+        raise IncompatibleLayerError(f"config.partial_rotary_factor: {rotary} rotary dims of head_dim {head_dim} is "
+                                     "not a multiple of 16, which onnxruntime's GroupQueryAttention needs "
+                                     "(Phi-4-mini: 96 of 128)")
 
 
 def model_dims(model, spec: ArchSpec) -> ModelDims:
@@ -143,11 +154,7 @@ def model_dims(model, spec: ArchSpec) -> ModelDims:
         raise IncompatibleLayerError(f"config.head_dim: {head_dim} is not a multiple of 16, which onnxruntime's "
                                      "GroupQueryAttention needs (real models use 64, 128 or 256)")
     rotary = rotary_dim(_config_dict(cfg), head_dim)
-    if rotary % 16:
-        # GroupQueryAttention: "cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8"
-        raise IncompatibleLayerError(f"config.partial_rotary_factor: {rotary} rotary dims of head_dim {head_dim} is "
-                                     "not a multiple of 16, which onnxruntime's GroupQueryAttention needs "
-                                     "(Phi-4-mini: 96 of 128)")
+    _check_rotary(rotary, head_dim)
     return ModelDims(hidden=hidden, head_dim=head_dim, vocab=int(emb.shape[0]), eps=float(cfg.rms_norm_eps),
                      tied=head is not None and head.weight is emb, activation=spec.activations[act],
                      max_positions=int(cfg.max_position_embeddings),
