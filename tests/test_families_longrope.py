@@ -129,7 +129,7 @@ def test_llama_cpp_picks_the_factors_by_its_context_size_as_the_family_row_says(
     sequence PyTorch runs with the short ones: the limit the phi3 row documents. Within it, they agree."""
     from llama_cpp import Llama
 
-    from export.gguf.validate import compare_logits
+    from compress.logits import compare
 
     src = memorized("phi3.5-mini")
     rc, _, err = run_cli("export", src, "--format", "gguf", "--qtype", "F32", "--out", tmp_path / "g")
@@ -147,7 +147,7 @@ def test_llama_cpp_picks_the_factors_by_its_context_size_as_the_family_row_says(
         llm.eval(ids)
         got[n_ctx] = np.array(llm.scores[: len(ids)], dtype=np.float32)
         llm.close()
-    kl = {n: compare_logits(want, g, ids)["kl_mean"] for n, g in got.items()}
+    kl = {n: compare(want, g).kl_mean for n, g in got.items()}
     assert kl[512] <= 1e-4 and kl[2048] > 0.1, kl  # 1e-4: the F32 export's own tolerance
 
 
