@@ -5,6 +5,7 @@ calibration text edited) changes every content id downstream and re-runs what de
     folder_id(Path("my-model"))        # 'dir:3f2a...': config.json + every weight file's bytes
     file_hash(Path("model.gguf"))      # sha256 hex; streamed in 4 MB blocks
     data_ids(QuantConfig(calib="my.txt"))   # {'calib': 'sha256:...'}; bundled names are left out
+    tree_digest(Path("genai-builder-out"))  # sha256 hex over every file's path and bytes
 
 Hashing a 500 MB checkpoint takes about a second, and stages ask for the same ids many times
 (plan, load, export), so digests are cached in ``$COMPRESS_CACHE/content-ids.json`` keyed by
@@ -111,10 +112,17 @@ def path_id(spec: str | Path) -> str | None:
         return None
     if p.is_file():
         return "sha256:" + file_hash(p)[:16]
+    return "sha256:" + tree_digest(p)[:16]
+
+
+def tree_digest(folder: str | Path) -> str:
+    """sha256 (hex) over every file under ``folder``: each one's relative path and bytes (a folder another tool
+    wrote, with no manifest to name it, is identified by this)."""
+    p = Path(folder)
     h = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()):
         h.update(json.dumps([f.relative_to(p).as_posix(), file_hash(f)]).encode())
-    return "sha256:" + h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 def data_ids(config: Any) -> dict[str, Any]:

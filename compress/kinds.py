@@ -16,6 +16,14 @@ points are: the table names the code of every layer without importing any of it,
 stays light, an install without one stage still loads the others' artifacts, and no lower layer imports
 a stage to learn about it. This module is the one place such strings live; tests/test_kinds.py resolves
 every one and sends an artifact of every kind through its loader, its runtimes and the exports.
+
+Folders other tools wrote, which bench measures beside ours (onnxruntime-genai's model builder output: the
+peer row), are the second, smaller table, :data:`FOREIGN`: no manifest, so no stage, config or lineage; a
+marker file recognises them, and the row's ``inspect`` validates the folder and says what a manifest would
+(the file each runtime loads, the weight files). Bench takes their content id from their bytes and needs
+``--reference`` for them.
+
+    foreign_kind(Path("runs/genai-builder"))    # FOREIGN row "genai-folder": it holds genai_config.json
 """
 
 from __future__ import annotations
@@ -66,8 +74,12 @@ class ArtifactKind:
 
     def runtime_paths(self, folder: Path, report: Mapping[str, Any]) -> dict[str, str]:
         """runtime -> the path it loads for the artifact in ``folder``, native runtime first."""
-        return {r.runtime: str(folder / report[r.file] if r.file else folder) for r in self.runs
-                if r.when is None or report.get(r.when)}
+        return _runtime_paths(self.runs, folder, report)
+
+
+def _runtime_paths(runs: tuple[Runs, ...], folder: Path, report: Mapping[str, Any]) -> dict[str, str]:
+    return {r.runtime: str(folder / report[r.file] if r.file else folder) for r in runs
+            if r.when is None or report.get(r.when)}
 
 
 # Commands whose settings are configs but which write no artifact of their own (``runs=()``) are rows too,
@@ -92,6 +104,37 @@ _ROWS = (
     ArtifactKind("chat", "compress.chat.config:ChatConfig", runs=()),
 )
 KINDS: dict[str, ArtifactKind] = {k.stage: k for k in _ROWS}
+
+
+@dataclasses.dataclass(frozen=True)
+class ForeignKind:
+    """Model folders another tool writes, measured by bench beside ours. Without a manifest there is no stage,
+    config or input to name: the ``marker`` file recognises the folder and ``inspect`` (``"module:function"``,
+    folder -> report dict) validates it at the boundary (an ArtifactError naming the file and field) and answers
+    what a manifest's report would, for :attr:`runs`: ``model_file``, ``weight_files`` (name -> bytes: the file
+    size bench reports) and the keys that :class:`Runs` ``when`` names."""
+
+    name: str  # what bench's rows show as the stage
+    marker: str  # the file that makes a folder without a manifest one of these
+    inspect: str
+    runs: tuple[Runs, ...]
+    made_by: str  # the tool, for messages
+
+    def runtime_paths(self, folder: Path, report: Mapping[str, Any]) -> dict[str, str]:
+        return _runtime_paths(self.runs, folder, report)
+
+
+FOREIGN: tuple[ForeignKind, ...] = (
+    # onnxruntime-genai's model builder; our loop too where the graph's inputs are the ones it feeds
+    ForeignKind("genai-folder", "genai_config.json", "runtimes.genai_folder:inspect_genai_folder",
+                runs=(Runs("onnxruntime-genai"), Runs("onnxruntime", when="our_loop")),
+                made_by="onnxruntime-genai's model builder"),
+)
+
+
+def foreign_kind(folder: Path) -> ForeignKind | None:
+    """The :data:`FOREIGN` row of a folder without a manifest, by its marker file; None when none matches."""
+    return next((k for k in FOREIGN if (Path(folder) / k.marker).is_file()), None)
 # export format -> stage ("gguf" -> "export-gguf")
 EXPORT_FORMATS: dict[str, str] = {k.export_format: k.stage for k in _ROWS if k.export_format}
 

@@ -1,5 +1,6 @@
 """onnxruntime-genai runtime: runs an ``export-onnx`` artifact through onnxruntime-genai's own generator,
-as the Android/iOS apps that embed it would (its ``genai_config.json`` is written by the export).
+as the Android/iOS apps that embed it would (its ``genai_config.json`` is written by the export), or a folder
+onnxruntime-genai's own model builder wrote (no manifest: :mod:`runtimes.genai_folder` validates it).
 
     rt = get_runtime("onnxruntime-genai")
     rt.load("out/smollm2-onnx-int4", DeviceProfile(threads=2))
@@ -23,11 +24,11 @@ import numpy as np
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
+from .genai_folder import GENAI_CONFIG, GenaiFolder, read_genai_folder
 from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
 INSTALL = "pip install onnxruntime-genai"
 STAGE = "export-onnx"
-GENAI_CONFIG = "genai_config.json"
 
 
 def _og():
@@ -47,32 +48,36 @@ class GenaiRuntime:
         self.manifest: Any = None
         self.path: Path | None = None  # the decoder's model file
         self.max_length: int | None = None
+        self.genai: GenaiFolder | None = None
 
     def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None,
              verify: bool = True) -> None:
-        """Load an ``export-onnx`` artifact directory that holds ``genai_config.json``; the profile's
-        threads become the decoder session's ``intra_op_num_threads``. The export fixed its length
-        (``search.max_length``, checked per call), so ``n_ctx`` is not needed; no load-time checks."""
-        from compress.manifest import read_manifest
+        """Load an ``export-onnx`` artifact directory that holds ``genai_config.json``, or a folder
+        onnxruntime-genai's model builder wrote (no manifest); the profile's threads become the decoder
+        session's ``intra_op_num_threads``. The folder fixed its length (``search.max_length``, checked per
+        call), so ``n_ctx`` is not needed; no load-time checks."""
+        from compress.manifest import MANIFEST, read_manifest
 
         og = _og()
         folder = Path(artifact)
-        self.manifest = read_manifest(folder)
-        if self.manifest.stage != STAGE:
-            raise ArtifactError(f"{folder}: a {self.manifest.stage!r} artifact, not an ONNX export ({STAGE!r}); "
-                                "export it first: compress export ARTIFACT --format onnx")
-        if not (folder / GENAI_CONFIG).is_file():
-            raise ArtifactError(f"{folder}: no {GENAI_CONFIG} (exported before onnxruntime-genai support, or a "
-                                "model with per-layer head counts); export it again: compress export ARTIFACT "
-                                "--format onnx")
+        self.manifest = None  # a builder's folder has none: genai_config.json is all it says
+        if (folder / MANIFEST).is_file() or not (folder / GENAI_CONFIG).is_file():
+            self.manifest = read_manifest(folder)
+            if self.manifest.stage != STAGE:
+                raise ArtifactError(f"{folder}: a {self.manifest.stage!r} artifact, not an ONNX export ({STAGE!r}); "
+                                    "export it first: compress export ARTIFACT --format onnx")
+            if not (folder / GENAI_CONFIG).is_file():
+                raise ArtifactError(f"{folder}: no {GENAI_CONFIG} (exported before onnxruntime-genai support, or a "
+                                    "model with per-layer head counts); export it again: compress export ARTIFACT "
+                                    "--format onnx")
+        self.genai = read_genai_folder(folder)
         config = og.Config(str(folder))
         threads = usable_threads(profile.threads)
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {
             "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
-        genai = json.loads((folder / GENAI_CONFIG).read_text())
-        self.path = folder / genai["model"]["decoder"]["filename"]  # the model file, as OnnxRuntime.path
-        self.max_length = genai["search"]["max_length"]
+        self.path = self.genai.model_file  # the model file, as OnnxRuntime.path
+        self.max_length = self.genai.max_length
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -120,4 +125,5 @@ class GenaiRuntime:
         return onnx_weight_bytes(self.path)
 
     def kv_bytes_per_position(self) -> float:
-        return onnx_kv_bytes_per_position(self.path)
+        g = self.genai  # the builder's graphs leave the head size symbolic; genai_config.json names it
+        return onnx_kv_bytes_per_position(self.path, dims=(g.kv_heads, g.head_size) if g else None)

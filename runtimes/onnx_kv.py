@@ -18,7 +18,10 @@ Whether a graph may share is declared by the export in the model's metadata (:da
 checking that every ``present`` output comes straight from the GroupQueryAttention node that reads the matching
 ``past`` input); the runtime reads it from the session, which costs nothing, instead of parsing the model file
 in the process whose speed and memory are measured. A graph without it (an export made before the buffer was
-shared, or a foreign graph) runs the growing path.
+shared) runs the growing path. A folder onnxruntime-genai's model builder wrote declares sharing to its own
+generator instead (``search.past_present_share_buffer`` in genai_config.json, the same GroupQueryAttention
+contract), and leaves the head size symbolic (``kv_cache_dim``): the runtime passes both from there
+(``share``, ``dims``). Such a graph has no ``logits_to_keep`` either: its prefill returns every position's logits.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class KVLayout:
     dtype: type  # numpy element type of the cache
     shared: bool  # the export declared that past and present may be one buffer
     vocab: int | None  # the logits' last dimension, where the graph fixes it
+    keeps_last: bool = True  # the graph takes logits_to_keep (else it returns logits for every position fed)
 
     @property
     def bytes_per_position(self) -> float:
@@ -54,13 +58,14 @@ class KVLayout:
         return float(sum(heads * dim for heads, dim in self.shapes) * np.dtype(self.dtype).itemsize)
 
 
-def kv_layout(session) -> KVLayout:
+def kv_layout(session, *, dims: tuple[int, int] | None = None, share: bool | None = None) -> KVLayout:
     """What the session's graph says about its cache: names and shapes from its inputs, the sharing declaration
-    from its metadata (:data:`KV_META`)."""
+    from its metadata (:data:`KV_META`). ``dims`` (kv_heads, head_size) stand in for dimensions the graph leaves
+    symbolic, and ``share`` for a missing declaration, where the folder says them elsewhere (genai_config.json)."""
     inputs = {i.name: i for i in session.get_inputs()}
     past = tuple(n for n in inputs if n.startswith(PAST))
     present = tuple(n.replace(PAST, PRESENT, 1) for n in past)
-    shapes = tuple((inputs[n].shape[1], inputs[n].shape[3]) for n in past)
+    shapes = tuple((_dim(inputs[n], 1, dims), _dim(inputs[n], 3, dims)) for n in past)
     types = {inputs[n].type for n in past} or {"tensor(float)"}
     if len(types) != 1 or next(iter(types)) not in _NUMPY:
         raise ConfigError(f"KV cache inputs of element types {sorted(types)}: the onnxruntime runtime runs "
@@ -69,8 +74,20 @@ def kv_layout(session) -> KVLayout:
     declared = json.loads(meta) if meta else {}
     outputs = {o.name: o for o in session.get_outputs()}
     vocab = outputs["logits"].shape[-1] if "logits" in outputs else None
-    shared = bool(declared.get("share_buffer")) and bool(past) and all(n in outputs for n in present)
-    return KVLayout(past, present, shapes, _NUMPY[types.pop()], shared, vocab if isinstance(vocab, int) else None)
+    shared = bool(declared.get("share_buffer") if meta else share) and bool(past) and all(n in outputs for n in present)
+    return KVLayout(past, present, shapes, _NUMPY[types.pop()], shared, vocab if isinstance(vocab, int) else None,
+                    "logits_to_keep" in inputs)
+
+
+def _dim(node, axis: int, dims: tuple[int, int] | None) -> int:
+    """Axis 1 (KV heads) or 3 (head size) of a past input: the graph's number, else ``dims``' (see kv_layout)."""
+    value = node.shape[axis]
+    if isinstance(value, int) and value > 0:
+        return value
+    if dims is None:
+        raise ConfigError(f"{node.name}: dimension {axis} is {value!r}, not a number; the onnxruntime runtime needs "
+                          "the KV heads and head size fixed in the graph or given beside it")
+    return int(dims[0 if axis == 1 else 1])
 
 
 class SharedKVCache:
@@ -90,6 +107,7 @@ class SharedKVCache:
         if capacity < 1:
             raise ConfigError(f"KV buffer capacity {capacity}: must be at least 1 position")
         self._ort, self.session, self.capacity, self.length = ort, session, int(capacity), 0
+        self.keeps_last = layout.keeps_last
         self.binding = session.io_binding()
         self.buffers = []
         for past, present, (heads, dim) in zip(layout.past_names, layout.present_names, layout.shapes):
@@ -102,12 +120,17 @@ class SharedKVCache:
         self._token = np.zeros((1, 1), np.int64)
         self._token_value = ort.OrtValue.ortvalue_from_numpy(self._token)
         self._token_bound = False  # input_ids is bound to _token (else to a prompt's ids)
-        self._keep = ort.OrtValue.ortvalue_from_numpy(np.array(1, np.int64))  # the last position's logits only
-        self.binding.bind_ortvalue_input("logits_to_keep", self._keep)
-        self._logits = None  # logits_to_keep 1: always [1, 1, vocab], so one array takes every step's
+        if self.keeps_last:
+            self._keep = ort.OrtValue.ortvalue_from_numpy(np.array(1, np.int64))  # the last position's logits only
+            self.binding.bind_ortvalue_input("logits_to_keep", self._keep)
+        # logits_to_keep 1 (or a one-token step of a graph without it): [1, 1, vocab], so one array takes every
+        # such step's; it is bound after every present output, so logits is always the last output bound
+        self._logits = self._logits_value = None
         if layout.vocab is not None:
             self._logits = np.empty((1, 1, layout.vocab), np.float32)
-            self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+            self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+            self.binding.bind_ortvalue_output("logits", self._logits_value)
+        self._logits_bound = self._logits is not None  # logits is bound to that array now
 
     def feed(self, ids: Sequence[int]) -> np.ndarray:
         """Run ``ids`` after the ``length`` cached positions; the last position's logits [vocab] (a copy)."""
@@ -128,12 +151,18 @@ class SharedKVCache:
             self._token_bound = False
         # ones over the valid prefix: the graph reads seqlens_k and total_sequence_length from it
         self.binding.bind_ortvalue_input("attention_mask", value(self._mask[:, :total]))
-        if self._logits is None:
+        one_row = self._logits is not None and (self.keeps_last or len(ids) == 1)
+        if one_row and not self._logits_bound:
+            self.binding.bind_ortvalue_output("logits", self._logits_value)
+            self._logits_bound = True
+        elif not one_row:
             # an output bound without memory keeps the tensor of the first run; bound again, it is made anew
+            # (a prefill without logits_to_keep: every position's row)
             self.binding.bind_output("logits")
+            self._logits_bound = False
         self.session.run_with_iobinding(self.binding)
         self.length = total
-        if self._logits is not None:
+        if one_row:
             return self._logits[0, -1].copy()
         return self.binding.get_outputs()[-1].numpy()[0, -1]  # outputs come in the order they were bound
 

@@ -13,6 +13,9 @@ since the shared buffer, :mod:`runtimes.onnx_kv`) gets one fixed-size buffer per
 runs the growing path: each step's ``present.*`` OrtValues are fed back as the next step's
 ``past_key_values.*`` through ``run_with_ort_values`` (never copied through numpy, but reallocated and copied
 whole by the kernel at every step). ``decoder.shares_buffer`` says which.
+
+A folder onnxruntime-genai's model builder wrote (no manifest; ``genai_config.json``, :mod:`runtimes.genai_folder`)
+loads too where its graph takes only the inputs this loop feeds: the same file in both loops.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from compress.errors import ArtifactError, ConfigError, MissingBackendError
 
 from .base import DeviceProfile, Generation, usable_threads
+from .genai_folder import GENAI_CONFIG, GenaiFolder, loop_blocker, read_genai_folder
 from .onnx_kv import SharedKVCache, kv_layout
 from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
@@ -99,13 +103,16 @@ def session_provider(session) -> str:
 class OnnxDecoder:
     """Prefill and decode steps over a decoder session with the ``export-onnx`` inputs and outputs."""
 
-    def __init__(self, session, max_length: int | None = None, *, n_ctx: int | None = None) -> None:
+    def __init__(self, session, max_length: int | None = None, *, n_ctx: int | None = None,
+                 kv_dims: tuple[int, int] | None = None, share: bool | None = None) -> None:
+        """``kv_dims`` (kv_heads, head_size) and ``share``: what a folder says beside a graph that leaves them
+        out (:func:`runtimes.onnx_kv.kv_layout`)."""
         ort = self._ort = _ort()
         self.session = session
         self.provider = session_provider(session)
         self.max_length = max_length  # positions the graph's rotary tables cover
         self.n_ctx = n_ctx  # the shared buffer's length when a generation needs less (as llama.cpp's n_ctx)
-        self.layout = kv_layout(session)
+        self.layout = kv_layout(session, dims=kv_dims, share=share)
         self.past_names = list(self.layout.past_names)
         self.present_names = list(self.layout.present_names)
         self.output_names = ["logits"] + self.present_names
@@ -141,13 +148,17 @@ class OnnxDecoder:
         self._check_length(past_len + len(ids))
         value = self._ort.OrtValue.ortvalue_from_numpy
         feed = {"input_ids": value(np.asarray([ids], dtype=np.int64)),
-                "attention_mask": value(np.ones((1, past_len + len(ids)), dtype=np.int64)),
-                "logits_to_keep": value(np.array(keep, dtype=np.int64))}
+                "attention_mask": value(np.ones((1, past_len + len(ids)), dtype=np.int64))}
+        if self.layout.keeps_last:
+            feed["logits_to_keep"] = value(np.array(keep, dtype=np.int64))
         feed.update(past or self._empty)
         # OrtValues in and out: the cache never leaves onnxruntime's memory (measured ~1 ms/step less
         # Python overhead than an IOBinding rebuilt every step, for 30 layers)
         outs = self.session.run_with_ort_values(self.output_names, feed)
-        return outs[0].numpy()[0], dict(zip(self.past_names, outs[1:]))
+        logits = outs[0].numpy()[0]
+        if keep and not self.layout.keeps_last:  # a graph without logits_to_keep gives every position
+            logits = logits[-keep:]
+        return logits, dict(zip(self.past_names, outs[1:]))
 
     def logits(self, ids: Sequence[int], last: int | None = None) -> np.ndarray:
         return self.run(list(ids), None, 0, last or 0)[0]
@@ -209,24 +220,41 @@ class OnnxRuntime:
     def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None, verify: bool = True,
              model_file: str | None = None) -> None:
         """Load an ``export-onnx`` artifact directory (``model_file``: e.g. ``model.ort``; default the
-        manifest's choice, ``model.onnx``). The export fixed its length (``max_length``, checked per call);
-        ``n_ctx`` sizes the shared KV buffer each generation allocates (at least what it needs), as llama.cpp's
-        context does, so both hold the same cache; no load-time checks (``verify``)."""
-        from compress.manifest import read_manifest
+        manifest's choice, ``model.onnx``), or a folder onnxruntime-genai's model builder wrote whose graph takes
+        only our loop's inputs. The export fixed its length (``max_length``, checked per call); ``n_ctx`` sizes the
+        shared KV buffer each generation allocates (at least what it needs), as llama.cpp's context does, so both
+        hold the same cache; no load-time checks (``verify``)."""
+        from compress.manifest import MANIFEST, read_manifest
 
         folder = Path(artifact)
-        self.manifest = read_manifest(folder)
-        if self.manifest.stage != STAGE:
-            raise ArtifactError(f"{folder}: a {self.manifest.stage!r} artifact, not an ONNX export ({STAGE!r}); "
-                                "export it first: compress export ARTIFACT --format onnx")
-        self.path = folder / (model_file or self.manifest.report.get("model_file", "model.onnx"))
-        if not self.path.is_file():
-            raise ArtifactError(f"{self.path}: missing from the ONNX export")
-        self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"),
-                                   n_ctx=n_ctx)
+        if not (folder / MANIFEST).is_file() and (folder / GENAI_CONFIG).is_file():
+            self._load_genai_folder(read_genai_folder(folder), profile, n_ctx, model_file)
+        else:
+            self.manifest = read_manifest(folder)
+            if self.manifest.stage != STAGE:
+                raise ArtifactError(f"{folder}: a {self.manifest.stage!r} artifact, not an ONNX export ({STAGE!r}); "
+                                    "export it first: compress export ARTIFACT --format onnx")
+            self.path = folder / (model_file or self.manifest.report.get("model_file", "model.onnx"))
+            if not self.path.is_file():
+                raise ArtifactError(f"{self.path}: missing from the ONNX export")
+            self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"),
+                                       n_ctx=n_ctx)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def _load_genai_folder(self, g: GenaiFolder, profile: DeviceProfile, n_ctx: int | None,
+                           model_file: str | None) -> None:
+        """A builder's folder: file, length, KV dimensions and sharing from its genai_config.json."""
+        self.manifest = None
+        self.path = g.folder / model_file if model_file else g.model_file
+        session = make_session(self.path, profile.threads)
+        why = loop_blocker(g, [i.name for i in session.get_inputs()])
+        if why:
+            raise ArtifactError(f"{g.folder}: our onnxruntime loop cannot drive this graph ({why}); run it with "
+                                "--runtimes onnxruntime-genai")
+        self.decoder = OnnxDecoder(session, g.max_length, n_ctx=n_ctx, kv_dims=(g.kv_heads, g.head_size),
+                                   share=g.share_buffer)
 
     def use(self, decoder: OnnxDecoder, tokenizer=None) -> "OnnxRuntime":
         self.decoder, self.tokenizer = decoder, tokenizer

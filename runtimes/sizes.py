@@ -76,16 +76,24 @@ def onnx_weight_bytes(path: Path) -> float:
     return total
 
 
-def onnx_kv_bytes_per_position(path: Path) -> float:
+def onnx_kv_bytes_per_position(path: Path, dims: tuple[int, int] | None = None) -> float:
     """From the graph's ``past_key_values.*`` inputs, [batch, kv_heads, past, head_dim] each, at their element
-    type (float32, or float16 for an export made with ``kv_dtype: float16``)."""
+    type (float32, or float16 for an export made with ``kv_dtype: float16``). ``dims`` (kv_heads, head_dim)
+    stand in for dimensions the graph leaves symbolic (onnxruntime-genai's builder: ``kv_cache_dim``)."""
     import onnx
+
+    from compress.errors import ArtifactError
 
     total = 0
     for i in onnx.load(str(path), load_external_data=False).graph.input:
         if i.name.startswith("past_key_values."):
             t = i.type.tensor_type
             kv_heads, head_dim = t.shape.dim[1].dim_value, t.shape.dim[3].dim_value
+            if not (kv_heads and head_dim):  # symbolic: 0 would make the cache free and the roofline wrong
+                if dims is None:
+                    raise ArtifactError(f"{path}: {i.name} leaves its KV heads or head size symbolic; the KV "
+                                        "bytes per position need them")
+                kv_heads, head_dim = kv_heads or dims[0], head_dim or dims[1]
             total += kv_heads * head_dim * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return float(total)
 

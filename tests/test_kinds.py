@@ -19,7 +19,7 @@ import pytest
 from artifact_fixtures import train_on_ids
 
 from compress.config import registered_configs
-from compress.kinds import EXPORT_FORMATS, KINDS, by_format, kind, pytorch_loader, resolve
+from compress.kinds import EXPORT_FORMATS, FOREIGN, KINDS, by_format, foreign_kind, kind, pytorch_loader, resolve
 from compress.manifest import ArtifactWriter, read_manifest
 
 # onnxruntime's GroupQueryAttention needs head_dim % 16 == 0: 6 heads of 16 (hidden 96, 2 KV heads)
@@ -60,6 +60,26 @@ def test_runtimes_named_by_the_table_are_registered_and_formats_are_unique():
         by_format("ggfu")
     with pytest.raises(Exception, match="unknown stage kind 'quantise'"):
         kind("quantise")
+
+
+def test_foreign_rows_name_registered_runtimes_an_inspect_function_and_no_stage_of_ours(tmp_path):
+    """Folders other tools wrote (tests/test_bench_genai_folder.py benches the builder's): their rows resolve,
+    and a folder with a manifest of ours is never taken for one."""
+    from runtimes import known_runtimes
+
+    names = [k.name for k in FOREIGN]
+    assert len(set(names)) == len(names) and not set(names) & set(KINDS)
+    assert len({k.marker for k in FOREIGN}) == len(FOREIGN)
+    for k in FOREIGN:
+        assert callable(resolve(k.inspect)) and k.made_by
+        assert {r.runtime for r in k.runs} <= set(known_runtimes())
+        (tmp_path / k.name).mkdir()
+        assert foreign_kind(tmp_path / k.name) is None
+        (tmp_path / k.name / k.marker).write_text("{}")
+        assert foreign_kind(tmp_path / k.name) is k
+    genai = FOREIGN[0]
+    assert genai.runtime_paths(tmp_path, {}) == {"onnxruntime-genai": str(tmp_path)}
+    assert list(genai.runtime_paths(tmp_path, {"our_loop": True})) == ["onnxruntime-genai", "onnxruntime"]
 
 
 def test_a_runtime_that_needs_an_optional_file_applies_only_when_the_manifest_names_it(tmp_path):

@@ -4,23 +4,29 @@
     t.loaders                                   # {"llama.cpp": ".../runs/smol-q4_0", "pytorch": ".../model.Q4_0.gguf"}
     t.native                                    # "llama.cpp": what bench runs unless told otherwise
 
-Ids, stages and file sizes come from manifests, never from guesses; a folder without one is refused.
-Which runtimes run an artifact, and what each one loads, is its kind's row in :mod:`compress.kinds`.
+Ids, stages and file sizes come from manifests, never from guesses; a folder without one is refused, unless
+it is a folder another tool wrote that :data:`compress.kinds.FOREIGN` recognises (onnxruntime-genai's model
+builder output: ``builder=runs/genai-builder``): its id is a hash of its bytes, its size its weight files', and
+it has no lineage, so bench needs ``--reference`` for it. Which runtimes run an artifact, and what each one
+loads, is its kind's row in :mod:`compress.kinds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
-from compress.content import folder_id
+from compress.content import folder_id, tree_digest
 from compress.errors import ArtifactError, ConfigError
-from compress.kinds import KINDS
+from compress.kinds import FOREIGN, KINDS, ForeignKind, foreign_kind, resolve
 from compress.manifest import MANIFEST, Manifest, file_digest, read_manifest
 
 # files whose bytes a device has to store; tokenizer and config files are left out (Gemma's
 # tokenizer.json alone is 33 MB and is the same for every artifact)
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".data", ".bin", ".ort")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Target:
     file_bytes: int
     loaders: dict[str, str]  # runtime -> what that runtime loads; first entry is the native runtime
     source: str | None  # bundled name of the model it was made from, when the manifests tell
+    foreign: str | None = None  # the tool that wrote a folder without a manifest (a compress.kinds.FOREIGN row)
 
     @property
     def native(self) -> str:
@@ -66,6 +73,10 @@ def resolve_target(spec: str | Path, *, plain_folder: bool = False) -> Target:
             raise ArtifactError(f"{p}: not an artifact directory or a .gguf file")
         return Target(label or p.stem, s, "gguf-file", "gguf:" + file_digest(p)[:16], p.stat().st_size,
                       {"llama.cpp": str(p), "pytorch": str(p)}, None)
+    if not (p / MANIFEST).is_file() and not (plain_folder and (p / "config.json").is_file()):
+        foreign = foreign_kind(p)
+        if foreign is not None:
+            return _foreign_target(foreign, p, label, s)
     if not (p / MANIFEST).is_file() and plain_folder:
         if not (p / "config.json").is_file():
             raise ArtifactError(f"{p}: no config.json and no {MANIFEST}; not a model folder")
@@ -74,8 +85,9 @@ def resolve_target(spec: str | Path, *, plain_folder: bool = False) -> Target:
         # the id load_model gives the folder: the weights' bytes, so a retrained folder is a new target
         return Target(label or p.name, s, "folder", folder_id(p), size, {"pytorch": str(p)}, None)
     if not (p / MANIFEST).is_file():
+        others = "".join(f", or a folder {k.made_by} wrote (it holds {k.marker})" for k in FOREIGN)
         raise ArtifactError(f"{p}: no {MANIFEST}; bench reads artifact ids and sizes from manifests, so it takes "
-                            "what compress wrote (fetch, quantize, export) or a .gguf file")
+                            f"what compress wrote (fetch, quantize, export), a .gguf file{others}")
     m = read_manifest(p)
     kind = KINDS.get(m.stage)
     if kind is not None and not kind.is_model:
@@ -83,6 +95,15 @@ def resolve_target(spec: str | Path, *, plain_folder: bool = False) -> Target:
     # the runtimes of the kind's row; a stage the table does not know is a transformers folder
     loaders = kind.runtime_paths(p, m.report) if kind is not None else {"pytorch": str(p)}
     return Target(label or p.name, s, m.stage, m.content_id, weight_bytes(m, p), loaders, source_model(m))
+
+
+def _foreign_target(kind: ForeignKind, folder: Path, label: str | None, spec: str) -> Target:
+    """A folder of a FOREIGN row: validated and described by the row's ``inspect``, identified by its bytes."""
+    report = resolve(kind.inspect)(folder)
+    if report.get("our_loop_refused"):
+        log.info("%s: runs in %s only: %s", folder, kind.runs[0].runtime, report["our_loop_refused"])
+    return Target(label or folder.name, spec, kind.name, f"{kind.name}:{tree_digest(folder)[:16]}",
+                  sum(report["weight_files"].values()), kind.runtime_paths(folder, report), None, kind.made_by)
 
 
 def weight_bytes(m: Manifest, folder: Path) -> int:
@@ -124,6 +145,10 @@ def select_runtimes(target: Target, wanted: tuple[str, ...]) -> list[str]:
 def resolve_reference(targets: list[Target], reference: str | None) -> str:
     if reference:
         return reference
+    for t in targets:  # a folder another tool wrote names no model it came from: guessing one would mislead
+        if t.foreign:
+            raise ConfigError(f"{t.spec}: a folder {t.foreign} wrote has no {MANIFEST} to name the model it was made "
+                              "from; pass --reference MODEL (that model: a bundled name or its folder)")
     # plain .gguf files carry no lineage: they follow the one model the other artifacts name (a GGUF of
     # another model then fails the logits shape check against the reference)
     known = sorted({t.source for t in targets if t.source})

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from runtimes.genai_runtime import GENAI_CONFIG
+from runtimes.genai_folder import GENAI_CONFIG
 
 from .arch import ModelDims
 
