@@ -201,3 +201,31 @@ def test_stored_reference_logits_score_exactly_like_a_copy_of_the_model(tiny_lla
     assert from_disk == score_against(lm.model, reference, lm.tokenizer, cfg.calib, 1100)
     # the logits file leaves no name behind (conftest's model cache, tmp_path/cache, is not ours)
     assert from_disk["kl"] > 0 and not [p for p in tmp_path.iterdir() if p.name != "cache"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_gptq_fits_the_output_projection_to_the_final_hidden_states(arch, tiny_llama_dir, tiny_gemma3_dir):
+    """With a GPTQ scheme the output projection (tiny llama: an untied lm_head; tiny gemma3: the tied
+    table) is quantized from the quantized decoder's final-norm outputs, so its output error on them is
+    below round-to-nearest's on the same grid."""
+    from compress.data import load_text
+    from compress.quantize.grid import Grid, rtn
+
+    lm = load_model(tiny_llama_dir if arch == "llama" else tiny_gemma3_dir)
+    head = lm.model.get_output_embeddings()
+    tied = head.weight is lm.model.get_input_embeddings().weight
+    cfg = QuantConfig(scheme="int4-gptq", group_size=32, **({"embeddings": "int4"} if tied else {"lm_head": "int4"}),
+                      **FAST)
+    w = head.weight.detach().clone()
+    ids = calibration_ids(lm.tokenizer, load_text(cfg.calib), samples=4, seq_len=32)
+    res = quantize_(lm.model, cfg, ids)
+    layers = res.quantization_json()["layers"]
+    name = next(n for n, m in lm.model.named_modules() if m is (lm.model.get_input_embeddings() if tied else head))
+    assert layers[name]["method"] == "gptq" and res.plan.tied is tied
+    with torch.no_grad():  # the head's input: the final norm's output of the quantized decoder
+        h = lm.model.get_decoder()(ids, use_cache=False).last_hidden_state.reshape(-1, w.shape[1])
+
+    def out_err(wq: torch.Tensor) -> float:
+        return float(((h @ (wq - w).T) ** 2).sum())
+
+    assert out_err(head.weight.detach()) < 0.9 * out_err(rtn(w, Grid(4, 32, True)).dequantize())

@@ -185,9 +185,11 @@ def collect_stats(layer: nn.Module, targets: dict[str, Target], x: torch.Tensor,
 def stream_layers(model: nn.Module, ids: torch.Tensor, batch: int, targets: dict[int, dict[str, Target]],
                   process: Callable[[int, nn.Module, dict[str, Target], dict[str, InputStats], torch.Tensor,
                                      dict[str, Any]], None],
-                  description: str = "calibrating") -> None:
+                  description: str = "calibrating",
+                  finish: Callable[[torch.Tensor], None] | None = None) -> None:
     """Capture, then for each decoder layer: statistics, ``process(i, layer, targets, stats, inputs,
-    kwargs)`` (quantizes the layer in place), outputs."""
+    kwargs)`` (quantizes the layer in place), outputs. With ``finish``, the last layer's outputs (the
+    quantized decoder's, before the final norm) are computed too and handed to it."""
     _, layers = decoder_layers(model)
     x, kwargs = capture(model, ids, batch)
     for i in track(range(len(layers)), description, total=len(layers)):
@@ -198,8 +200,10 @@ def stream_layers(model: nn.Module, ids: torch.Tensor, batch: int, targets: dict
             # Hessians, their inverses and GPTQ's work copies are freed by now, but glibc keeps the
             # pages: without a trim the stage grew ~10 MB per layer (+240 MB over SmolLM2's 30 layers)
             trim_heap()
-        if i == len(layers) - 1:
+        if i == len(layers) - 1 and finish is None:
             break  # nothing reads the last layer's outputs
         for a in range(0, x.shape[0], batch):
             x[a:a + batch] = layer_forward(layer, x[a:a + batch], kwargs[i])
         log.info("calibrated layer %d/%d", i + 1, len(layers))
+    if finish is not None:
+        finish(x)

@@ -5,10 +5,12 @@
     plan.skipped                                         # {name: reason}
 
 Decoder linears get the scheme's method; the embedding table and an untied ``lm_head`` are explicit
-choices (``keep``/``int8``/``int5``/``int4``, or ``auto``: chosen by ``--budget-bits``) quantized by
-round-to-nearest, because no calibrated method models a lookup table or the final projection's loss
-better than its own rounding. With ``--target``, a layer whose grid the named formats cannot hold
-exactly (targets.py) is listed before any calibration like a group size that does not fit.
+choices (``keep``/``int8``/``int5``/``int4``, or ``auto``: chosen by ``--budget-bits``). The output
+projection (an untied ``lm_head``, or the tied table) is fitted by GPTQ to the final hidden states when
+the scheme is GPTQ (core._gptq_head); an untied embedding table is a lookup with no input activations and
+is rounded to nearest, as every table is under RTN and AWQ. With ``--target``, a layer whose grid the
+named formats cannot hold exactly (targets.py) is listed before any calibration like a group size that
+does not fit.
 """
 
 from __future__ import annotations
