@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..logits import log_probs, mean_kl
 from ..progress import track
 from . import calibrate  # looked up at call time: a test's monkeypatch of calibrate.capture must not stick
 from .calibrate import layer_forward
@@ -57,11 +58,6 @@ def run_from(model: nn.Module, start: int, hidden: torch.Tensor, kwargs: list[di
     return logits
 
 
-def mean_kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
-    logp = torch.log_softmax(logits.float(), -1)
-    return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
-
-
 def _tables_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(ids, use_cache=False).logits
 
@@ -75,7 +71,7 @@ def analyze(model: nn.Module, plan: Plan, ids: torch.Tensor, cfg: QuantConfig | 
     menu = cfg.menu if cfg is not None else (4, 8, 16)
     low = [b for b in menu if b < 8] or [min(t.grid.bits for t in plan.targets.values())]
     inputs, kwargs = calibrate.capture(model, ids, ids.shape[0], all_layers=True)
-    ref = torch.log_softmax(run_from(model, 0, inputs[0], kwargs).float(), -1)
+    ref = log_probs(run_from(model, 0, inputs[0], kwargs))
     table: dict[str, dict[str, Any]] = {}
     linears = [t for t in plan.targets.values() if t.layer is not None]
     for t in track(linears, "sensitivity", total=len(linears)):
@@ -88,7 +84,7 @@ def analyze(model: nn.Module, plan: Plan, ids: torch.Tensor, cfg: QuantConfig | 
         table[t.name] = row
     tables = [t for t in plan.targets.values() if t.layer is None and t.choose]
     if tables:
-        full_ref = torch.log_softmax(_tables_logits(model, ids).float(), -1)
+        full_ref = log_probs(_tables_logits(model, ids))
         for t in tables:
             row = {"params": t.module.weight.numel(), "kind": t.kind}
             for b in (b for b in menu if b < 16):
