@@ -75,8 +75,13 @@ def kv_layout(session, *, dims: tuple[int, int] | None = None, share: bool | Non
     outputs = {o.name: o for o in session.get_outputs()}
     vocab = outputs["logits"].shape[-1] if "logits" in outputs else None
     shared = bool(declared.get("share_buffer") if meta else share) and bool(past) and all(n in outputs for n in present)
+    # our exports give logits_to_keep a default (an initializer that is also an input), which onnxruntime lists
+    # among the overridable initializers, not the inputs: missed, every prefill returned all positions' logits
+    # (2,048 x 262,144 floats = 2 GiB for Gemma3 at a 2,048-token prompt)
+    defaults = {i.name for i in session.get_overridable_initializers()}
+    keeps = "logits_to_keep" in inputs or "logits_to_keep" in defaults
     return KVLayout(past, present, shapes, _NUMPY[types.pop()], shared, vocab if isinstance(vocab, int) else None,
-                    "logits_to_keep" in inputs)
+                    keeps)
 
 
 def _dim(node, axis: int, dims: tuple[int, int] | None) -> int:

@@ -148,6 +148,16 @@ def test_a_graph_without_the_declaration_runs_the_growing_path_with_the_same_tok
         decoder.new_cache(16)
 
 
+def test_a_prefill_of_our_export_computes_the_last_positions_logits_only():
+    """logits_to_keep is an input with a default (an overridable initializer to onnxruntime, not in get_inputs):
+    missing it made every prefill compute all positions' logits, 2 GiB for Gemma3 at 2,048 tokens (issue #14)."""
+    decoder = _decoder(_export("llama"))
+    assert decoder.layout.keeps_last
+    cache = decoder.new_cache(BUFFER)
+    cache.feed(PROMPT)
+    assert cache.binding.get_outputs()[-1].shape() == [1, 1, decoder.layout.vocab]  # logits, bound last
+
+
 def test_sharing_is_declared_only_where_gqa_writes_present_from_past_itself():
     m = onnx.load(str(_export("llama") / "model.onnx"), load_external_data=False)
     assert shares_buffer(m.graph)
