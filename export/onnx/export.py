@@ -1,11 +1,13 @@
 """``export_onnx``: an artifact in, a validated onnxruntime decoder (with KV cache) out.
 
     path = export_onnx("out/smollm2-int4-gptq", OnnxConfig(precision="int4"), "out/smollm2-onnx-int4")
-    # out/smollm2-onnx-int4/model.onnx, tokenizer files, config.json, manifest.json (stage export-onnx)
+    # out/smollm2-onnx-int4/model.onnx (+ model.onnx.data, the weights, :mod:`.files`), tokenizer files,
+    # config.json, genai_config.json, manifest.json (stage export-onnx)
 
 Steps: load the artifact (the same PyTorch model every other stage sees), read the architecture row and
 the real shapes, decide each weight's form (:mod:`.plan`), build the graph (:mod:`.decoder`), let
-onnxruntime's tools quantize what the artifact left in float (:mod:`.tools`), save, run it in
+onnxruntime's tools quantize what the artifact left in float (:mod:`.tools`), save (the weights page-aligned
+in external data, which onnxruntime memory-maps: :mod:`.files`), run it in
 onnxruntime against PyTorch (:mod:`.validate`), and only then let the directory appear under its final
 name. Any failure on the way leaves nothing that looks finished.
 """
@@ -29,6 +31,7 @@ from compress.quantize.format import QUANT_JSON, read_quantization_json
 from .arch import model_dims, rope_tables, spec_for
 from .config import OnnxConfig
 from .decoder import build_decoder
+from .files import MODEL_FILE, model_bytes, remove_model, save_model
 from .genai import write_genai_config
 from .kv import declare_kv
 from .plan import check_carry, make_plan
@@ -41,9 +44,6 @@ from .weights import open_weights
 log = logging.getLogger(__name__)
 
 STAGE = "export-onnx"
-MODEL_FILE = "model.onnx"
-EXTERNAL_DATA = "model.onnx.data"
-_INLINE_LIMIT = 1_500_000_000  # protobuf refuses files over 2 GB; larger weights go to EXTERNAL_DATA
 
 
 def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, force: bool = False) -> Path:
@@ -92,12 +92,14 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
             if plan.post == "dynamic":
                 nodes = sorted({weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "dynamic"})
                 staged = art.path / "float.onnx"
-                _save(model, staged)
+                save_model(model, staged)
                 del model
                 quantize_int8(staged, target, nodes)
-                _remove_model(staged)
+                remove_model(staged)
+                # quantize_dynamic writes every weight inside the graph: move them out as every export has them
+                save_model(onnx.load(str(target)), target)
             else:
-                _save(model, target)
+                save_model(model, target)
                 del model
             export_s = time.perf_counter() - t0
             lm.tokenizer.save_pretrained(str(art.path))
@@ -125,7 +127,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 "layers": len(dims.layers), "hidden": dims.hidden, "vocab": dims.vocab, "max_length": length,
                 "plan": plan.summary(), "carried": plan.carried(), "accuracy_levels": levels.report(),
                 "ops": _op_counts(target), "export_s": round(export_s, 2),
-                "onnx_bytes": _model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
+                "onnx_bytes": model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
                 "genai_config": genai_file, "kv_cache": kv, **_input_fields(artifact)}
             if cfg.ort_format:
                 step("converting to .ort")
@@ -169,7 +171,7 @@ def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], referenc
 
     def measure(levels: dict[str, int], full: bool) -> Measure:
         set_levels(model, levels)
-        _save(model, target)
+        save_model(model, target)
         decoder = OnnxDecoder(make_session(target, threads=2), length)
         figures = score(decoder, ids, reference, full=full)
         return Measure(all(not problems(r, tol) for r in figures.values()),
@@ -177,7 +179,7 @@ def _choose_levels(target: Path, cfg: OnnxConfig, plan, ids: list[int], referenc
 
     choice = choose_levels(nodes, measure)
     set_levels(model, choice.levels)
-    _save(model, target)
+    save_model(model, target)
     return _warn_slow(model, choice)
 
 
@@ -259,26 +261,6 @@ def _input_fields(artifact: str | Path) -> dict[str, Any]:
     p = Path(spec).expanduser()
     m = _input_manifest(artifact)
     return {"input": str(p.absolute()) if p.exists() else spec, "input_stage": m.stage if m else None}
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if size > _INLINE_LIMIT:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
-def _remove_model(path: Path) -> None:
-    path.unlink()
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-
-
-def _model_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in (folder / MODEL_FILE, folder / EXTERNAL_DATA) if f.exists())
 
 
 def _op_counts(path: Path) -> dict[str, int]:
