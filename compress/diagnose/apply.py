@@ -24,8 +24,7 @@ import torch
 from ..errors import ConfigError
 from ..manifest import MANIFEST, ArtifactWriter, read_manifest
 from ..quantize.format import QUANT_JSON, SUFFIXES, WEIGHTS, open_quantized
-from ..quantize.grid import Grid, rtn
-from .fixes import int8_meta
+from .fixes import int8_fix, int8_meta
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,9 @@ def write_keep8(artifact: Path, out: Path, tensors: list[str], reference_weight,
                 continue
             arrays[stored] = np.ascontiguousarray(qf.store.raw(stored))
         for n in tensors:
-            meta = int8_meta(qf.layers[n])
-            qt = rtn(reference_weight(n).float(), Grid(8, int(meta["group_size"]), True), name=n)
+            qt = int8_fix(qf.layers[n], reference_weight(n), n)
             arrays.update({k: v.numpy() for k, v in qt.tensors(n).items()})
-            info["layers"][n] = meta
+            info["layers"][n] = int8_meta(qf.layers[n])
         save_file(arrays, str(art.path / WEIGHTS), metadata={"format": "pt"})
         for f in artifact.iterdir():
             if f.is_file() and f.name not in (WEIGHTS, QUANT_JSON, MANIFEST):

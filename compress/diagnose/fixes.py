@@ -2,9 +2,11 @@
 
 - keep8: the fewest ranked units whose restoration recovers ``target_share`` of the loss, re-quantized
   to int8 (RTN from the reference's weights, symmetric, group 32 where the width allows: a grid GGUF
-  Q8_0 and MatMulNBits both carry exactly). Predicted KL = KL(artifact) - sum of their recoveries x
-  (1 - r), r = int8's quantization noise power relative to their grid's (sensitivity.noise_ratio):
-  recoveries are assumed additive, which holds while the perturbations are small.
+  Q8_0 and MatMulNBits both carry exactly). First estimate (``basis="additive"``): KL(artifact) - sum of
+  their recoveries x (1 - r), r = int8's quantization noise power relative to their grid's
+  (sensitivity.noise_ratio), recoveries assumed additive; it over-promises when many layers change
+  together, so the options around the suggestion are then measured with their int8 weights in place
+  (joint.py, ``basis="measured"``) and the suggestion is the fewest whose measured KL reaches the share.
 - group: half the group size everywhere; each unit's recovery scaled by the drop in RTN weight error
   power (measured on the reference's weights, no forward pass) - an estimate, not a measurement.
 - tables: the embedding/output table, when quantized, is ranked like any layer (keep8 covers it).
@@ -43,6 +45,11 @@ def int8_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "bits": 8, "group_size": g, "symmetric": True, "method": "rtn", "act_order": False}
 
 
+def int8_fix(meta: dict[str, Any], weight: torch.Tensor, name: str):
+    """The QTensor the keep8 fix stores for a layer now described by ``meta`` (RTN of ``weight``)."""
+    return rtn(weight.float(), Grid(8, int(int8_meta(meta)["group_size"]), True), name=name)
+
+
 @dataclasses.dataclass
 class KeepOption:
     n: int
@@ -50,14 +57,17 @@ class KeepOption:
     tensors: list[str]
     extra_bytes: int
     predicted_kl: float
+    basis: str = "additive"  # "measured": the option's own KL, its int8 weights in place (joint.py)
+    additive_kl: float | None = None  # the additive estimate, kept once measured
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def keep8_options(att: Attribution, layers: dict[str, dict[str, Any]], target_share: float,
-                  keep: int | None = None, limit: int = 8) -> tuple[list[KeepOption], int]:
-    """Cumulative keep-at-8-bits options over the ranked units, and the suggested one's ``n``."""
+                  keep: int | None = None) -> tuple[list[KeepOption], int]:
+    """Cumulative keep-at-8-bits options over every ranked unit that recovers anything, and the one the
+    additive estimate suggests (``keep`` when given): joint.measure_options starts there."""
     ranked = [u for u in att.units if u.recovered > 0]
     out: list[KeepOption] = []
     kl, extra, tensors = att.kl, 0, []
@@ -76,8 +86,12 @@ def keep8_options(att: Attribution, layers: dict[str, dict[str, Any]], target_sh
         suggested = min(keep, len(out))
     else:
         suggested = next((o.n for o in out if att.kl - o.predicted_kl >= target_share * att.kl), len(out))
-    shown = out[:max(limit, suggested)]
-    return shown, suggested
+    return out, suggested
+
+
+def shown_options(options: list[KeepOption], suggested: int, limit: int = 8) -> list[KeepOption]:
+    """The first ``limit`` options, and every measured one up to the suggestion."""
+    return [o for o in options if o.n <= max(limit, suggested)]
 
 
 def _unit_noise_ratio(u: Unit, layers: dict[str, dict[str, Any]]) -> float:

@@ -70,8 +70,10 @@ def markdown(result: dict[str, Any]) -> str:
     k = result["fixes"]["keep8"]
     for o in k["options"]:
         mark = " **(suggested)**" if o["n"] == k["suggested"] else ""
+        how = "measured with the fix in place" if o.get("basis") == "measured" else "predicted (additive)"
         out.append(f"- keep {o['n']} layer(s) at 8 bits ({', '.join(o['units'][-3:])}{' ...' if o['n'] > 3 else ''}): "
-                   f"{_mb(o['extra_bytes'])}, KL from {att['kl']:.4g} to {o['predicted_kl']:.4g} predicted{mark}")
+                   f"{_mb(o['extra_bytes'])}, KL from {att['kl']:.4g} to {o['predicted_kl']:.4g} "
+                   f"{how}{mark}")
     if k["options"]:
         out.append(f"  - basis: {k['basis']}")
     g = result["fixes"]["group"]

@@ -19,7 +19,8 @@ from .apply import weight_getter, write_group, write_keep8
 from .attribute import attribute
 from .config import DiagnoseConfig
 from .exported import compare_runtime, export_source, gguf_tensors
-from .fixes import calibration_note, group_option, keep8_options
+from .fixes import calibration_note, group_option, keep8_options, shown_options
+from .joint import Int8Weights, measure_options
 from .measure import diagnosis_tokens
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,18 @@ def diagnose(artifact: str | Path, cfg: DiagnoseConfig = DiagnoseConfig(), *, ap
         step(f"attributing the loss ({len(qf.layers)} quantized tensors)")
         att = attribute(lm.model, ref.model, list(qf.layers), toks, cfg, ref_logp)
         result["attribution"] = att.to_dict()
-        step("predicting fixes")
-        options, suggested = keep8_options(att, qf.layers, cfg.target_share, cfg.keep)
+        step("predicting fixes (the options around the suggestion measured with their int8 weights in place)")
+        options, additive = keep8_options(att, qf.layers, cfg.target_share, cfg.keep)
+        suggested = 0
+        if options:
+            suggested = measure_options(lm.model, Int8Weights(qf.layers, weight_getter(ref.model)), options, att.kl,
+                                        cfg.target_share, toks, ref_logp, start=additive, keep=cfg.keep)
         result["fixes"] = {
-            "keep8": {"options": [o.to_dict() for o in options], "suggested": suggested,
-                      "basis": "KL(artifact) minus the chosen layers' recoveries x (1 - int8's relative noise "
-                               "power); recoveries assumed additive"},
+            "keep8": {"options": [o.to_dict() for o in shown_options(options, suggested)], "suggested": suggested,
+                      "additive_suggestion": additive,
+                      "basis": "measured: the option's KL with its layers at the int8 weights --apply writes, all "
+                               "in place at once (same tokens); additive (options not measured): KL(artifact) minus "
+                               "the layers' recoveries x (1 - int8's relative noise power)"},
             "group": group_option(att, qf.layers, weight_getter(ref.model)),
             "tables": {"embeddings": qf.info.get("embeddings", "keep"), "lm_head": qf.info.get("lm_head", "keep")},
             "calibration": calibration_note({"config": man.config}),
