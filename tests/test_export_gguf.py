@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -178,12 +179,14 @@ def test_version_1_configs_load_with_their_old_meaning():
         GGUFConfig(float_type="Q4_0")
 
 
-def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
+def _imatrix_seen(monkeypatch, **overrides) -> tuple[Path, dict]:
+    """A tiny memorized llama (``overrides`` on its config) and the importance matrix llama.cpp's
+    quantizer will be handed, filled in by a spy when an export runs."""
     import export.gguf.export as ex
 
     src = memorized_tiny("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                         num_key_value_heads=2)
-    seen = {}
+                         num_key_value_heads=2, **overrides)
+    seen: dict = {}
     real = ex.quantize_with_llama_cpp
 
     def spy(*a, imatrix=None, **k):
@@ -191,6 +194,11 @@ def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
         return real(*a, imatrix=imatrix, **k)
 
     monkeypatch.setattr(ex, "quantize_with_llama_cpp", spy)
+    return src, seen
+
+
+def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
+    src, seen = _imatrix_seen(monkeypatch)
     with_imat = export_gguf(src, GGUFConfig(qtype="Q4_K_M", imatrix_tokens=256), tmp_path / "imat")
     assert seen["blk.0.ffn_down.weight"].shape == (512,) and seen["blk.1.attn_q.weight"].shape == (256,)
     assert len(seen) == 2 * 7 + 1 and "output.weight" in seen  # untied tiny llama: output has its own
@@ -204,18 +212,7 @@ def test_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, monkeypatch):
 
 def test_a_tied_tables_importance_matrix_is_filed_under_token_embd(tmp_path, monkeypatch):
     """A tied GGUF has no output.weight: the head's statistics must reach the table llama.cpp quantizes."""
-    import export.gguf.export as ex
-
-    src = memorized_tiny("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                         num_key_value_heads=2, tie_word_embeddings=True)
-    seen = {}
-    real = ex.quantize_with_llama_cpp
-
-    def spy(*a, imatrix=None, **k):
-        seen.update(imatrix or {})
-        return real(*a, imatrix=imatrix, **k)
-
-    monkeypatch.setattr(ex, "quantize_with_llama_cpp", spy)
+    src, seen = _imatrix_seen(monkeypatch, tie_word_embeddings=True)
     out = export_gguf(src, GGUFConfig(qtype="Q4_K_M", imatrix_tokens=256), tmp_path / "tied")
     names = {t.name for t in gguf.GGUFReader(out).tensors}
     assert "output.weight" not in names and "token_embd.weight" in names
