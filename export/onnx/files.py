@@ -1,19 +1,22 @@
-"""The export's files: ``model.onnx`` (the graph) and ``model.onnx.data`` (its weights, page-aligned).
+"""The export's files: ``model.onnx`` (the graph) and ``model.onnx.data`` (its weights, mapped).
 
     save_model(model, folder / MODEL_FILE)      # model.onnx + model.onnx.data; the model's tensors now point there
 
 Why external data: onnxruntime memory-maps an initializer stored in an external data file (read-only,
 file-backed pages) and keeps it mapped where no kernel repacks it, while an initializer inside the protobuf
 is parsed into the heap and copied again into a tensor. Measured on Gemma3-270M int4 (256 MiB of
-weights): 544 MiB of anonymous memory after the session loads with every initializer inside model.onnx,
+weights): 555 MiB of anonymous memory after the session loads with every initializer inside model.onnx,
 322 MiB with them in model.onnx.data (benchmarks/RESULTS.md, "ONNX memory (#14)"). File-backed pages are
 also the ones a phone can drop under pressure and read again.
 
-Layout: every initializer of at least :data:`EXTERNAL_MIN` bytes goes to the data file in graph order,
-each starting on a multiple of :data:`ALIGN` (onnxruntime's own on-disk alignment factor, the page size of
-Linux and most Android devices), so each maps from its first byte without sharing a page with its
-neighbour; smaller ones (norm weights, shape constants) stay in the graph. onnxruntime-genai and
-``onnx.load`` read the same folder unchanged.
+Layout: every initializer of at least :data:`EXTERNAL_MIN` bytes goes to the data file in graph order; those of
+:data:`ALIGN_MIN` bytes or more start on a multiple of :data:`ALIGN`, as onnxruntime's own saver aligns them
+(ModelSavingOptions: align_threshold 1 MB, on_disk_alignment_factor 4096, the page size of Linux and most
+Android devices), so a large weight maps from its first byte without sharing a page. onnxruntime 1.32 on Linux
+maps unaligned ones as well (measured: a SmolLM2 file with no padding at all loads with the same anonymous
+memory), so smaller tensors are not padded, which would grow a tiny model's file by several percent. Initializers
+under EXTERNAL_MIN (norm weights, shape constants) stay in the graph. onnxruntime-genai and ``onnx.load`` read
+the same folder unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from onnx.external_data_helper import set_external_data
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA = "model.onnx.data"
 ALIGN = 4096
+ALIGN_MIN = 1 << 20
 EXTERNAL_MIN = 4096
 
 
@@ -55,7 +59,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         with open(data, "ab") as fh:
             for t in pending:
                 pos = fh.seek(0, 2)
-                pad = -pos % ALIGN
+                pad = -pos % ALIGN if len(t.raw_data) >= ALIGN_MIN else 0
                 if pad:
                     fh.write(b"\0" * pad)
                     pos += pad
