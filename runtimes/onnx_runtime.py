@@ -218,12 +218,13 @@ class OnnxRuntime:
         self.path: Path | None = None
 
     def load(self, artifact: str | Path, profile: DeviceProfile, *, n_ctx: int | None = None, verify: bool = True,
-             model_file: str | None = None) -> None:
+             model_file: str | None = None, tokenizer: bool = True) -> None:
         """Load an ``export-onnx`` artifact directory (``model_file``: e.g. ``model.ort``; default the
         manifest's choice, ``model.onnx``), or a folder onnxruntime-genai's model builder wrote whose graph takes
         only our loop's inputs. The export fixed its length (``max_length``, checked per call); ``n_ctx`` sizes the
         shared KV buffer each generation allocates (at least what it needs), as llama.cpp's context does, so both
-        hold the same cache; no load-time checks (``verify``)."""
+        hold the same cache; no load-time checks (``verify``). ``tokenizer=False`` leaves ``self.tokenizer`` unset:
+        transformers' AutoTokenizer costs seconds and imports torch, which a caller with its own (chat) need not pay."""
         from compress.manifest import MANIFEST, read_manifest
 
         folder = Path(artifact)
@@ -239,9 +240,10 @@ class OnnxRuntime:
                 raise ArtifactError(f"{self.path}: missing from the ONNX export")
             self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"),
                                        n_ctx=n_ctx)
-        from transformers import AutoTokenizer
+        if tokenizer:
+            from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
     def _load_genai_folder(self, g: GenaiFolder, profile: DeviceProfile, n_ctx: int | None,
                            model_file: str | None) -> None:

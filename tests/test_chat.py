@@ -189,8 +189,8 @@ def test_a_stage_artifact_that_is_not_an_export_is_refused(chat_model, tmp_path,
 def test_ctrl_c_stops_one_answer_and_the_chat_goes_on(onnx_export, monkeypatch):
     cfg = ChatConfig(max_new_tokens=6)
     session = ChatSession(open_backend(onnx_export, cfg, threads=1), cfg)
-    decoder = session.backend.decoder
-    real, calls = decoder.run, {"n": 0}
+    cache = session.backend.cache
+    real, calls = cache.feed, {"n": 0}
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -198,10 +198,77 @@ def test_ctrl_c_stops_one_answer_and_the_chat_goes_on(onnx_export, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(decoder, "run", flaky)
+    monkeypatch.setattr(cache, "feed", flaky)
     out = io.StringIO()
     rc = repl(session, stdin=io.StringIO("first\nsecond\n/exit\n"), stdout=out)
     assert rc == 0
     assert "[stopped]" in out.getvalue()
     assert [t["content"] for t in session.turns if t["role"] == "user"] == ["second"]
     assert session.backend.last.reused_tokens == 0  # the interrupted cache was dropped, not reused
+
+
+def test_onnx_chat_gets_its_session_from_the_runtime():
+    """#16 point 5: chat runs on runtimes/; no onnxruntime session is built inside compress/chat."""
+    import ast
+    from pathlib import Path
+
+    banned = {"InferenceSession", "make_session", "OnnxDecoder"}
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "compress" / "chat").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else [name]
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n in banned]
+    assert found == []
+
+
+def test_onnx_backend_runs_on_the_runtime_and_its_shared_buffer(onnx_export):
+    from runtimes.onnx_runtime import OnnxRuntime
+
+    backend = open_backend(onnx_export, ChatConfig(max_new_tokens=6, context=128), threads=1)
+    assert isinstance(backend.runtime, OnnxRuntime) and backend.decoder is backend.runtime.decoder
+    assert backend.runtime.tokenizer is None  # the chat's own tokenizer.json reader, not transformers'
+    assert backend.decoder.shares_buffer and backend.cache.capacity == backend.context_length == 128
+
+
+def test_a_two_turn_onnx_chat_allocates_the_cache_once_and_truncates_to_the_common_prefix(onnx_export):
+    cfg = ChatConfig(max_new_tokens=6, context=256)
+    session = ChatSession(open_backend(onnx_export, cfg, threads=1), cfg)
+    backend, decoder = session.backend, session.backend.decoder
+    session.ask("one", lambda s: None)
+    cache = backend.cache
+    session.ask("two", lambda s: None)
+    assert backend.last.reused_tokens > 0 and backend.cache is cache and decoder.kv_allocations == 1
+    # a prompt that leaves the previous one part-way keeps the shared part (the growing cache started over)
+    ids = backend.encode(backend.template.render([{"role": "user", "content": "three four five"}]))
+    "".join(backend.stream(ids, 4))
+    other = ids[:-3] + [ids[-3] ^ 1] + ids[-2:]  # one token changed, three from the end
+    "".join(backend.stream(other, 4))
+    assert backend.last.reused_tokens == len(ids) - 3 and decoder.kv_allocations == 1
+    # the same prompt again: everything but the last token, which is fed again for its logits
+    "".join(backend.stream(other, 4))
+    assert backend.last.reused_tokens == len(other) - 1 and decoder.kv_allocations == 1
+
+
+def test_an_export_without_the_buffer_declaration_chats_on_the_growing_cache_with_the_same_answers(
+        onnx_export, monkeypatch):
+    import dataclasses
+
+    import runtimes.onnx_runtime as onnx_runtime
+
+    def answers():
+        cfg = ChatConfig(max_new_tokens=8, context=256)
+        session = ChatSession(open_backend(onnx_export, cfg, threads=1), cfg)
+        texts = []
+        for q in ("hello there", "and again", "one more"):
+            pieces = []
+            session.ask(q, pieces.append)
+            texts.append((pieces, session.backend.last.reused_tokens))
+        return session.backend, texts
+
+    shared, expected = answers()
+    real = onnx_runtime.kv_layout
+    monkeypatch.setattr(onnx_runtime, "kv_layout", lambda *a, **kw: dataclasses.replace(real(*a, **kw), shared=False))
+    growing, got = answers()
+    assert shared.cache is not None and growing.cache is None and growing.decoder.kv_allocations == 0
+    assert got == expected  # the same pieces, streamed the same way, and the same prefix reused each turn

@@ -1,5 +1,5 @@
 """Chat backends over runtimes/: a GGUF through the llama.cpp runtime (its sampler), an ONNX export through
-the onnxruntime runtime's decoder with our own sampling loop.
+the onnxruntime runtime (its decoder and shared KV buffer) with our own sampling loop.
 
     backend = open_backend(Path("runs/demo/export-gguf-q4km"), ChatConfig(), threads=2)
     ids = backend.encode(backend.template.render(messages))
@@ -159,25 +159,33 @@ class LlamaCppBackend:
 
 
 class OnnxBackend:
+    """Chat over :class:`runtimes.onnx_runtime.OnnxRuntime` with our own sampling loop. An export that declares
+    the shared KV buffer gets one of ``context_length`` positions for the whole chat: each turn truncates it to
+    the prefix it shares with the previous one and feeds the rest. An older export runs the runtime's growing
+    cache, which cannot be cut back: a turn that does not extend the previous one starts over."""
+
     name = "onnxruntime"
 
     def __init__(self, model_file: Path, cfg: ChatConfig, threads: int) -> None:
-        from runtimes.onnx_runtime import OnnxDecoder, make_session
+        from runtimes import DeviceProfile
+        from runtimes.onnx_runtime import OnnxRuntime
 
-        from ..manifest import read_manifest
+        from ..errors import CompressError
 
         folder = model_file.parent
-        manifest = read_manifest(folder)
-        if not model_file.is_file():
-            raise ArtifactError(f"{model_file}: missing from the ONNX export")
         self.cfg, self.path = cfg, model_file
-        self.tokenizer = load_export_tokenizer(folder)
+        self.runtime = rt = OnnxRuntime()
         try:
-            session = make_session(model_file, threads)
+            rt.load(folder, DeviceProfile(threads=threads), n_ctx=cfg.context, model_file=model_file.name,
+                    tokenizer=False)  # the chat reads tokenizer.json itself, without transformers
+        except CompressError:
+            raise
         except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
             raise ArtifactError(f"{model_file}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
-        self.decoder = OnnxDecoder(session, manifest.report.get("max_length"))
-        self.context_length = min(cfg.context, manifest.report.get("max_length") or cfg.context)
+        self.decoder = rt.decoder
+        self.tokenizer = load_export_tokenizer(folder)
+        max_length = rt.manifest.report.get("max_length")
+        self.context_length = min(cfg.context, max_length or cfg.context)
         tok = self.tokenizer
         self.stop_ids = {t for t in [tok.eos_token_id, *generation_eos(folder)] if t is not None}
         self.stop_ids.update(t for t in map(tok.token_id, END_MARKERS) if t is not None and t != tok.unk_token_id)
@@ -186,8 +194,10 @@ class OnnxBackend:
         self.template = ChatTemplate(tok.chat_template, bos_token=self.bos_text, eos_token=tok.eos_token or "",
                                      where=str(folder))
         self.rng = np.random.default_rng(cfg.seed)
-        self._fed: list[int] = []  # token ids whose keys/values are in self._past
-        self._past: dict[str, Any] | None = None
+        self._fed: list[int] = []  # token ids whose keys/values are in the cache
+        self._past: dict[str, Any] | None = None  # the growing cache (exports without the shared buffer)
+        # the shared KV buffer, allocated once for the whole chat (None: an export without the declaration)
+        self.cache = self.decoder.new_cache(self.context_length) if self.decoder.shares_buffer else None
         self.last = TurnStats()
 
     def encode(self, prompt: str) -> list[int]:
@@ -198,6 +208,8 @@ class OnnxBackend:
 
     def reset(self) -> None:
         self._fed, self._past = [], None
+        if self.cache is not None:
+            self.cache.truncate(0)
 
     def _next(self, logits: np.ndarray) -> int:
         cfg = self.cfg
@@ -212,10 +224,24 @@ class OnnxBackend:
         p = p[:keep] / p[:keep].sum()
         return int(self.rng.choice(top[:keep], p=p))
 
+    def _feed(self, ids: list[int]) -> np.ndarray:
+        """Run ``ids`` after the ``len(self._fed)`` cached positions: the last position's logits."""
+        if self.cache is not None:
+            row = self.cache.feed(ids)
+        else:
+            logits, self._past = self.decoder.run(ids, self._past, len(self._fed), 1)
+            row = logits[-1]
+        self._fed = self._fed + ids
+        return row
+
     def stream(self, ids: Sequence[int], max_new_tokens: int) -> Iterator[str]:
         ids = list(ids)
         reuse = common_prefix(self._fed, ids)
-        if reuse < len(self._fed) or reuse == len(ids):  # the cache cannot be cut back cheaply: start over
+        if self.cache is not None:
+            reuse = min(reuse, len(ids) - 1)  # the last prompt token is fed again for its logits
+            self._fed = self._fed[:reuse]
+            self.cache.truncate(reuse)
+        elif reuse < len(self._fed) or reuse == len(ids):  # the growing cache cannot be cut back: start over
             self.reset()
             reuse = 0
         self.last = stats = TurnStats(prompt_tokens=len(ids), reused_tokens=reuse)
@@ -223,11 +249,10 @@ class OnnxBackend:
         new: list[int] = []
         shown = ""
         try:
-            logits, self._past = self.decoder.run(ids[reuse:], self._past, reuse, 1)
-            self._fed = ids
+            logits = self._feed(ids[reuse:])
             stats.time_to_first_token_s = time.perf_counter() - t0
             while True:
-                tok = self._next(logits[-1])
+                tok = self._next(logits)
                 if tok in self.stop_ids:
                     break
                 new.append(tok)
@@ -240,8 +265,7 @@ class OnnxBackend:
                     shown = text
                 if len(new) >= max_new_tokens or len(self._fed) + 1 >= self.context_length:
                     break
-                logits, self._past = self.decoder.run([tok], self._past, len(self._fed), 1)
-                self._fed = self._fed + [tok]
+                logits = self._feed([tok])
             text = self.tokenizer.decode(new)
             if len(text) > len(shown) and text.startswith(shown):
                 yield text[len(shown):]
