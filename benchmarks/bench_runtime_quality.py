@@ -384,10 +384,10 @@ def _quant_config(source: str | None) -> dict | None:
 
 
 def _grid_from_quant(model: str, q: dict) -> str:
+    from compress.quantize.config import QuantConfig
+
     scheme = q.get("scheme", "")
-    g = q.get("group_size")
-    if scheme.startswith("int4"):
-        g = g or 128
+    g = QuantConfig.from_dict(q).effective_group_size or None  # the scheme's default filled in (32 with a target)
     per_channel = scheme in ("int8", "w8a8") and not g
     note = grid_note(model, group_size=g, per_channel=per_channel)
     if q.get("budget_bits"):
