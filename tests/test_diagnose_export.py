@@ -3,29 +3,20 @@ is named; a faithful export is blamed on the quantizer."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from test_diagnose import one_bad_layer
 
+_SPEC = importlib.util.spec_from_file_location("gate", Path(__file__).resolve().parents[1] / "benchmarks" / "gate.py")
+_gate = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_gate)
+corrupt_gguf_tensor = _gate.corrupt_gguf_tensor  # the gate's own fault: benchmarks/gate.py --corrupt
+
 CORRUPT = "blk.0.attn_v.weight"  # model.layers.0.self_attn.v_proj
-
-
-def corrupt_gguf_tensor(export_dir: Path, gguf_name: str, seed: int = 0) -> None:
-    """Overwrite the integer bytes of ``gguf_name``'s Q4_0/Q8_0 blocks (scales kept) in place."""
-    from gguf import GGMLQuantizationType as Q, GGUFReader
-
-    from runtimes.llama_cpp_runtime import gguf_path
-
-    reader = GGUFReader(gguf_path(export_dir), "r+")
-    t = next(x for x in reader.tensors if x.name == gguf_name)
-    block = {Q.Q4_0: 18, Q.Q8_0: 34}[t.tensor_type]
-    blocks = t.data.reshape(-1, block)
-    blocks[:, 2:] = np.random.default_rng(seed).integers(0, 256, size=blocks[:, 2:].shape, dtype=np.uint8)
-    reader.data.flush()
 
 
 @pytest.fixture(scope="module")
