@@ -5,7 +5,8 @@
     paths = write_diagnosis(result, Path("out/diagnosis"))     # diagnosis.md, .html, .json, layers.png
 
 Modules: measure (tokens, KL), attribute (per-layer KL recovered), exported (quantizer or export?),
-fixes (predicted effect and cost), apply (--apply), render (Markdown/HTML/chart), cli. Imported
+fixes (effect and cost, first estimated), joint (keep8 options measured with the fix in place), apply
+(--apply), render (Markdown/HTML/chart), cli. Imported
 lazily: registering the CLI command must not import torch.
 """
 
