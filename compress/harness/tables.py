@@ -97,6 +97,17 @@ def budget_table(rows: list[dict[str, Any]], profile: dict[str, Any]) -> Table |
 DISAGREE_PPL = 0.02  # relative perplexity gap between runtimes on one artifact that is a finding (issue #15)
 
 
+# export types that keep the input's weights: carried exactly (auto) or float (up to float16 rounding)
+_KEEPS_WEIGHTS = {None, "auto", "F32", "F16", "BF16", "fp32", "fp16", "float32", "float16"}
+
+
+def _same_weights(m) -> bool:
+    """Whether an export runs its input's weights. llama.cpp's Q4_0 and Q4_K_M of one float model are two
+    artifacts, not one in two runtimes: grouping them made the report call their quality gap a runtime
+    disagreement."""
+    return m.config.get("qtype") in _KEEPS_WEIGHTS and not m.report.get("requantized")
+
+
 def artifact_source(spec: str) -> str:
     """The quantize/float artifact a row runs: an export's manifest input, else the row's own artifact."""
     from pathlib import Path
@@ -107,7 +118,7 @@ def artifact_source(spec: str) -> str:
     try:
         if p.is_dir() and (p / "manifest.json").is_file():
             m = read_manifest(p, check_files=False)
-            if m.stage.startswith("export") and isinstance(m.report.get("input"), str):
+            if m.stage.startswith("export") and isinstance(m.report.get("input"), str) and _same_weights(m):
                 return str(Path(m.report["input"]).resolve())
         return str(p.resolve()) if p.exists() else str(spec)
     except Exception:  # noqa: BLE001 - a finding must never break the report
