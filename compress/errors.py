@@ -45,5 +45,20 @@ class MissingBackendError(CompressError):
     """An optional runtime or library is not installed; the message carries the install command."""
 
 
+def optional_import(module: str, need: str, package: str):
+    """``module``, imported now; MissingBackendError ``"{need}: pip install {package}"`` when it is absent.
+    Every optional backend (onnxruntime, onnxruntime-genai, llama.cpp, sentencepiece) is imported through
+    here, late, so an install without it still runs everything else and says how to add it.
+
+        ort = optional_import("onnxruntime", "runtime 'onnxruntime' needs onnxruntime", "onnxruntime")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingBackendError(f"{need}: pip install {package}") from None
+
+
 class NonFiniteError(CompressError):
     """A number (an option, a config field, a metric, a weight, a loss) is NaN or infinite."""

@@ -21,22 +21,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compress.errors import ArtifactError, ConfigError, MissingBackendError
+from compress.errors import ArtifactError, ConfigError, optional_import
 
 from .base import DeviceProfile, Generation, usable_threads
 from .genai_folder import GENAI_CONFIG, GenaiFolder, read_genai_folder
 from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
-INSTALL = "pip install onnxruntime-genai"
 STAGE = "export-onnx"
 
 
 def _og():
-    try:
-        import onnxruntime_genai
-    except ImportError:
-        raise MissingBackendError(f"runtime 'onnxruntime-genai' needs onnxruntime-genai: {INSTALL}") from None
-    return onnxruntime_genai
+    return optional_import("onnxruntime_genai", "runtime 'onnxruntime-genai' needs onnxruntime-genai",
+                           "onnxruntime-genai")
 
 
 class GenaiRuntime:

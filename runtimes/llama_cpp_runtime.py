@@ -17,24 +17,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from compress.errors import ArtifactError, MissingBackendError
+from compress.errors import ArtifactError, optional_import
 
 from .base import DeviceProfile, Generation, common_prefix, usable_threads
 from .quiet import captured_output
 from .sizes import gguf_kv_bytes_per_position, gguf_weight_bytes
 
 STAGE = "export-gguf"
-INSTALL = "pip install llama-cpp-python"
 DEFAULT_CTX = 1024
 GENERATE_BATCH = 512  # llama-cpp-python's default n_batch
 
 
 def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingBackendError(f"runtime 'llama.cpp' needs llama-cpp-python: {INSTALL}") from None
-    return llama_cpp
+    return optional_import("llama_cpp", "runtime 'llama.cpp' needs llama-cpp-python", "llama-cpp-python")
 
 
 def gguf_path(artifact: str | Path) -> Path:

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compress.errors import ArtifactError, ConfigError, MissingBackendError
+from compress.errors import ArtifactError, ConfigError, optional_import
 
 from .base import DeviceProfile, Generation, usable_threads
 from .genai_folder import GENAI_CONFIG, GenaiFolder, loop_blocker, read_genai_folder
@@ -37,17 +37,12 @@ from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 log = logging.getLogger(__name__)
 
 STAGE = "export-onnx"
-INSTALL = "pip install onnxruntime"
 XNNPACK = "XnnpackExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingBackendError(f"runtime 'onnxruntime' needs onnxruntime: {INSTALL}") from None
-    return onnxruntime
+    return optional_import("onnxruntime", "runtime 'onnxruntime' needs onnxruntime", "onnxruntime")
 
 
 def execution_providers(threads: int) -> list:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import ExportMismatchError, IncompatibleLayerError, MissingBackendError
+from compress.errors import ExportMismatchError, IncompatibleLayerError, optional_import
 from runtimes.quiet import captured_output
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,7 @@ def quantize_with_llama_cpp(src: Path, dst: Path, qtype: str, *, threads: int, e
                             imatrix: dict[str, np.ndarray] | None = None) -> None:
     """Quantize ``src`` (F32/F16 GGUF) into ``dst``; ``embedding_type`` pins token_embd/output;
     ``imatrix`` maps GGUF tensor names to per-input-column importances (see :mod:`.imatrix`)."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingBackendError("k-quants need llama.cpp's quantizer: pip install llama-cpp-python") from None
+    llama_cpp = optional_import("llama_cpp", "k-quants need llama.cpp's quantizer", "llama-cpp-python")
     from gguf import GGMLQuantizationType
 
     params = llama_cpp.llama_model_quantize_default_params()

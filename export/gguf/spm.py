@@ -12,7 +12,7 @@ from typing import Any
 
 from gguf import TokenType
 
-from compress.errors import ArtifactError, MissingBackendError
+from compress.errors import ArtifactError, optional_import
 
 
 def added_type(t: dict[str, Any]) -> TokenType:
@@ -43,12 +43,8 @@ def sentencepiece_vocab(folder: Path, tj: dict[str, Any], vocab_size: int
     scores = [-10000.0] * vocab_size
     types = [int(TokenType.UNUSED)] * vocab_size
     if has_sp_model(folder):
-        try:
-            from sentencepiece import SentencePieceProcessor
-        except ImportError:
-            raise MissingBackendError("reading tokenizer.model needs sentencepiece: "
-                                      "pip install sentencepiece") from None
-        sp = SentencePieceProcessor()
+        spm = optional_import("sentencepiece", "reading tokenizer.model needs sentencepiece", "sentencepiece")
+        sp = spm.SentencePieceProcessor()
         sp.LoadFromFile(str(folder / "tokenizer.model"))
         for i in range(min(sp.vocab_size(), vocab_size)):
             tokens[i], scores[i] = sp.IdToPiece(i), float(sp.GetScore(i))

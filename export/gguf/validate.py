@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import ExportMismatchError, MissingBackendError
+from compress.errors import ExportMismatchError, optional_import
 from compress.logits import compare, perplexity
 from compress.memory import release_memory
 from runtimes.quiet import captured_output
@@ -286,10 +286,7 @@ def compare_logits(t: np.ndarray, ll: np.ndarray, ids: list[int]) -> dict[str, A
 
 
 def tokenizer_check(path: Path, tok) -> dict[str, Any]:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise MissingBackendError("GGUF validation needs llama.cpp: pip install llama-cpp-python") from None
+    Llama = optional_import("llama_cpp", "GGUF validation needs llama.cpp", "llama-cpp-python").Llama
     from compress.data import load_text
 
     text = PROBE + load_text("moby-dick").text[:2000]
