@@ -94,6 +94,17 @@ def test_budget_chooses_5_bits_where_they_buy_more_than_8_per_byte():
     assert 5 not in allocate(plan, table, onnx).values()
 
 
+def test_a_width_the_target_makes_no_cheaper_than_a_wider_one_leaves_the_menu():
+    """int5 costs more than int8 in MatMulNBits: an ONNX (or both) budget never picks it, so its
+    sensitivity is not measured (half the analysis time); GGUF's Q5_0 is cheaper than Q8_0 and stays."""
+    def menu(target):
+        return QuantConfig(scheme="int4-gptq", budget_bits=5.5, target=target).menu
+    assert menu(None) == menu("gguf") == (4, 5, 8, 16)
+    assert menu("onnx") == menu("both") == (4, 8, 16)
+    assert QuantConfig(scheme="int5-gptq", budget_bits=6, target="onnx").menu == (5, 8, 16)  # the scheme's own stays
+    assert QuantConfig(scheme="int4-gptq", budget_bits=5.5, target="onnx", budget_menu=(4, 5, 8)).menu == (4, 5, 8)
+
+
 def test_budget_counts_each_format_s_own_sizes():
     assert tg.cost_bits("gguf", 4, 64, True, 576) == 4.5  # Q4_0, the g64 scale repeated per 32-block
     assert tg.cost_bits("gguf", 5, 32, False, 576) == 6.0  # Q5_1: fp16 d and m per 32 values

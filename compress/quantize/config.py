@@ -160,7 +160,20 @@ class QuantConfig(StageConfig):
         """The bits --budget-bits chooses from (16 = float)."""
         if self.budget_menu is not None:
             return tuple(sorted(set(self.budget_menu)))
-        return tuple(b for b in MENU_BITS if b >= self.bits)
+        menu = [b for b in MENU_BITS if b >= self.bits]
+        return tuple(b for b in menu if b == self.bits or not self._dominated(b, menu))
+
+    def _dominated(self, bits: int, menu: list[int]) -> bool:
+        """Whether the target's files make ``bits`` cost no less than a wider quantized entry: 5-bit rides
+        in MatMulNBits' 8-bit storage, so for ``--target onnx`` (or both) int5 costs more than int8 and
+        the budget would never choose it; measuring its sensitivity only doubled the analysis time."""
+        if not self.target:
+            return False
+        g = self.effective_group_size or 4096  # per channel: a nominal row (costs do not depend on it)
+        width = g * 8
+        cost = tg.cost_bits(self.target, bits, g, self.grid_symmetric(bits), width)
+        return any(cost >= tg.cost_bits(self.target, w, g, self.grid_symmetric(w), width)
+                   for w in menu if bits < w < 16)
 
     def table_precision(self, which: str) -> str:
         """``embeddings`` or ``lm_head`` with ``auto`` resolved: ``budget`` (the allocator chooses) or keep."""
