@@ -16,6 +16,7 @@ ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -147,3 +148,41 @@ def data_ids(config: Any) -> dict[str, Any]:
             if pid:
                 out[name] = pid
     return out
+
+
+def _source_checkout() -> bool:
+    """Whether compress runs from a git checkout (code between releases) rather than an installed release."""
+    return (Path(__file__).resolve().parents[1] / ".git").exists()
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest(where: str) -> str:
+    p = Path(where)
+    files = sorted(p.glob("*.py")) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(json.dumps([f.name, hashlib.sha256(f.read_bytes()).hexdigest()]).encode())
+    return h.hexdigest()[:16]
+
+
+def code_id(config: Any) -> str | None:
+    """Hash of the stage's own source (the package of its config class: compress/quantize/*.py for
+    quantize, export/gguf/*.py for a GGUF export) when running from a checkout, where the release number
+    does not move with the code: a changed default or a fixed bug re-runs the stage instead of reusing
+    what the old code made. None for an installed release (its version number says it all)."""
+    if not _source_checkout():
+        return None
+    if isinstance(config, dict):
+        from .config import registered_configs
+
+        cls = registered_configs().get(str(config.get("type")))
+    else:
+        cls = type(config)
+    if cls is None:
+        return None
+    import importlib
+
+    mod = importlib.import_module(cls.__module__)
+    f = Path(mod.__file__ or "")
+    # a config in a stage package (compress/quantize/config.py) stands for the package; a lone module for itself
+    return _source_digest(str(f.parent if f.parent.name != "compress" or f.name == "__init__.py" else f))

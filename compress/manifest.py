@@ -66,17 +66,20 @@ class Manifest:
 
 def content_id(stage: str, config: StageConfig | dict[str, Any], input_id: str | None) -> str:
     """Hash of stage + config + input id + compress version + the bytes of the data files the config
-    names (its DATA_FIELDS): equal ids mean the same work on the same input and data by the same code
-    release (an artifact made by an older release, or from a calibration text since edited, is not
-    silently reused)."""
+    names (its DATA_FIELDS) + in a checkout, a hash of the stage's own source (content.code_id): equal ids
+    mean the same work on the same input and data by the same code (an artifact made by an older release
+    or older code, or from a calibration text since edited, is not silently reused)."""
     from . import __version__
-    from .content import data_ids
+    from .content import code_id, data_ids
 
     cfg = config.to_dict() if isinstance(config, StageConfig) else config
     record = {"stage": stage, "config": cfg, "input": input_id, "code": __version__}
     data = data_ids(config)
     if data:  # only then: ids of stages reading bundled data stay what earlier releases wrote
         record["data"] = data
+    source = code_id(config)
+    if source:  # a checkout: the stage's own source, since the release number does not move with it
+        record["source"] = source
     blob = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

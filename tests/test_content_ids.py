@@ -55,7 +55,7 @@ def test_a_second_look_at_an_unchanged_file_reads_only_the_cache(tmp_path, monke
     assert file_hash(f) != digest
 
 
-def test_calibration_text_is_keyed_by_its_bytes_and_bundled_text_by_its_name(tmp_path):
+def test_calibration_text_is_keyed_by_its_bytes_and_bundled_text_by_its_name(tmp_path, monkeypatch):
     text = tmp_path / "calib.txt"
     text.write_text("call me ishmael " * 50)
     cfg = QuantConfig(scheme="int4-gptq", group_size=32, calib=str(text))
@@ -68,6 +68,9 @@ def test_calibration_text_is_keyed_by_its_bytes_and_bundled_text_by_its_name(tmp
 
     from compress import __version__
 
+    import compress.content
+
+    monkeypatch.setattr(compress.content, "_source_checkout", lambda: False)  # an installed release
     plain = QuantConfig(scheme="int8")
     old = hashlib.sha256(json.dumps({"stage": "quantize", "config": plain.to_dict(), "input": "dir:1",
                                      "code": __version__}, sort_keys=True).encode()).hexdigest()[:16]
@@ -115,3 +118,24 @@ def test_run_redoes_quantize_when_weights_or_calibration_text_change_in_place(ru
     _retrain_in_place(folder)
     rc, out, err = run_cli("run", recipe)
     assert rc == 0 and out.count("ran in") == 1, err
+
+
+def test_in_a_checkout_a_change_to_the_stage_s_own_source_changes_its_id(tmp_path, monkeypatch):
+    """Between releases the version number does not move: the stage's source does (a changed default,
+    a fixed bug), and what the old code made is not reused. Another stage's source does not matter."""
+    import compress.content
+    from compress.evaluate import EvalConfig
+
+    monkeypatch.setattr(compress.content, "_source_checkout", lambda: True)
+    q, e = QuantConfig(scheme="int8"), EvalConfig()
+    ids = content_id("quantize", q, "dir:1"), content_id("eval", e, "dir:1")
+    assert content_id("quantize", q.to_dict(), "dir:1") == ids[0]  # the dict form agrees
+    pkg = Path(compress.content.__file__).parent / "quantize"
+    real = compress.content._source_digest
+
+    def edited(where):
+        return "edited" if Path(where) == pkg else real(where)
+
+    monkeypatch.setattr(compress.content, "_source_digest", edited)
+    assert content_id("quantize", q, "dir:1") != ids[0]
+    assert content_id("eval", e, "dir:1") == ids[1]
