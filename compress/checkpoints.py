@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .jsonfile import read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -102,10 +103,7 @@ def inspect_hf_folder(path: Path, *, allow_pickle: bool = False, trust_remote_co
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise ModelLoadError(f"{path}: folder has no config.json (not a Hugging Face model folder)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    config = read_json(cfg_path, ModelLoadError)
     check_causal_lm(config, cfg_path)
     from .families import check_model_files
 
@@ -151,11 +149,7 @@ def blame_json(folder: Path) -> None:
                  "config.json"):
         f = folder / name
         if f.is_file():
-            try:
-                json.loads(f.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ModelLoadError(f"{f}: not valid JSON, truncated or corrupt ({str(e).splitlines()[0]})") \
-                    from None
+            read_json(f, ModelLoadError, problem="not valid JSON, truncated or corrupt")
 
 
 def check_causal_lm(config: dict, where: Path | str) -> None:

@@ -16,12 +16,11 @@ not scored.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Sequence
 
 from .errors import DataError
-from .manifest_schema import unique_keys
+from .jsonfile import read_json
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _MOBY = DATA_DIR / "text" / "moby-dick.txt"
@@ -147,11 +146,8 @@ def load_mc_task(spec: str | Path) -> MCTask:
         path = path / "task.json"
     if not path.is_file():
         raise DataError(f"{s}: task not found (a BIG-bench task.json, or one of: {', '.join(TASKS)})")
-    try:
-        # a key given twice (an example's answer scores, say) would keep the last silently
-        task = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    # a key given twice (an example's answer scores, say) would keep the last silently
+    task = read_json(path, DataError, unique=True)
     if not isinstance(task, dict) or not isinstance(task.get("examples"), list):
         raise DataError(f"{path}: no 'examples' list (not a BIG-bench task.json)")
     prefix = task.get("task_prefix", "")

@@ -23,7 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import IncompatibleLayerError
+from .errors import IncompatibleLayerError, ModelLoadError
+from .jsonfile import read_json
 
 # norm role -> Hugging Face module suffix inside a decoder layer (None: the family has no such norm)
 LLAMA_NORMS = (("input", "input_layernorm"), ("post_attn", None), ("pre_mlp", "post_attention_layernorm"),
@@ -267,11 +268,10 @@ def tokenizer_kind(folder: Path) -> tuple[str | None, str]:
     """("bpe" | "spm" | None, description) from the tokenizer files alone; None when there are none."""
     tj_path = folder / "tokenizer.json"
     if tj_path.is_file():
-        try:
-            tj = json.loads(tj_path.read_text(encoding="utf-8"))
-            model = tj["model"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise IncompatibleLayerError(f"{tj_path}: corrupt tokenizer ({e})") from None
+        tj = read_json(tj_path, IncompatibleLayerError, problem="corrupt tokenizer")
+        model = tj.get("model") if isinstance(tj, dict) else None
+        if not isinstance(model, dict):
+            raise IncompatibleLayerError(f"{tj_path}: corrupt tokenizer (no 'model' object)")
         mtype = model.get("type")
         if mtype == "BPE":
             text = json.dumps([tj.get("pre_tokenizer"), tj.get("decoder")])
@@ -291,7 +291,7 @@ def check_model_files(folder: Path, config: dict[str, Any] | None = None) -> Fam
     config.json and the tokenizer files alone (no weight file is opened)."""
     where = folder / "config.json"
     if config is None:
-        config = json.loads(where.read_text())
+        config = read_json(where, ModelLoadError)
     fam = family_for(config, where)
     check_config(fam, config, where)
     kind, desc = tokenizer_kind(folder)

@@ -10,15 +10,13 @@ silently pass, and ``lr=inf`` trains a model of NaNs that still looks like a fin
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CompressError, NonFiniteError
+from .errors import ArtifactError, CompressError, NonFiniteError
 
 # safetensors dtype -> (unsigned view, mask of the exponent bits): all exponent bits set = inf or NaN.
 # Bit tests on raw bytes need neither torch nor a float copy (bf16 has no numpy dtype).
@@ -77,12 +75,12 @@ def check_artifact_finite(folder: Path) -> None:
 
 def first_nonfinite_tensor(path: Path) -> str | None:
     """Name of the first float tensor of a safetensors file with a NaN/inf, or None."""
+    from .checkpoints import safetensors_header  # the one reader of the header (a corrupt one: ArtifactError)
+
+    header, start = safetensors_header(Path(path), ArtifactError)
+    spans = [(name, info["dtype"], start + info["data_offsets"][0], info["data_offsets"][1] - info["data_offsets"][0])
+             for name, info in header.items() if info["dtype"] in _EXPONENT]
     with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-        spans = [(name, info["dtype"], 8 + n + info["data_offsets"][0],
-                  info["data_offsets"][1] - info["data_offsets"][0])
-                 for name, info in header.items() if name != "__metadata__" and info.get("dtype") in _EXPONENT]
         return _first_bad_span(fh, spans)
 
 

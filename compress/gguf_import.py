@@ -20,7 +20,7 @@ import torch
 
 from .data import CHECK_TOKENS, check_ids
 from .errors import ImportMismatchError, MissingBackendError, ModelLoadError
-from .logits import token_nll  # noqa: F401  (the reload check in compress.models takes it from here)
+from .logits import token_nll
 
 log = logging.getLogger(__name__)
 

@@ -181,7 +181,8 @@ def _reload_check(model, folder: Path, report: dict[str, Any]) -> dict[str, Any]
     transformers may read the same folder differently (e.g. ignore `rope_parameters`)."""
     import math
 
-    from .gguf_import import token_nll, torch_logits, verify_against
+    from .gguf_import import torch_logits, verify_against
+    from .logits import token_nll  # the one logit-comparison module, not a name gguf_import happens to import
 
     ids = report["check_ids"]
     ppl = float(math.exp(token_nll(torch_logits(model, ids), ids).mean()))

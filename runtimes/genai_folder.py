@@ -19,11 +19,11 @@ embedding models beside the decoder), a pipeline of several decoder graphs, or a
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from compress.errors import ArtifactError
+from compress.jsonfile import read_json
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -82,10 +82,7 @@ def read_genai_folder(folder: str | Path) -> GenaiFolder:
     where = folder / GENAI_CONFIG
     if not where.is_file():
         raise ArtifactError(f"{folder}: no {GENAI_CONFIG}; not a folder onnxruntime-genai runs")
-    try:
-        cfg = json.loads(where.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ArtifactError(f"{where}: not readable JSON ({e})") from None
+    cfg = read_json(where, ArtifactError, problem="not readable JSON")
     if not isinstance(cfg, dict):
         raise ArtifactError(f"{where}: a JSON {type(cfg).__name__}, not an object")
     model = _field(where, cfg, "model", dict)

@@ -10,11 +10,11 @@ tokenizer.json; a chat on a phone-sized budget should not pay that. Folders with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
+from ..jsonfile import read_json
 
 
 class ExportTokenizer:
@@ -98,10 +98,7 @@ def generation_eos(folder: Path) -> list[int]:
 def _json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: corrupt JSON ({e})") from None
+    data = read_json(path, ArtifactError, problem="corrupt JSON")
     return data if isinstance(data, dict) else {}
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.finite import is_finite_number
+from compress.jsonfile import read_json
 from compress.manifest import read_manifest
-from compress.manifest_schema import unique_keys
 
 from .runner import read_rows
 from .config import CheckConfig
@@ -133,10 +133,7 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: is a directory, expected a baseline file (JSON)")
     if not p.is_file():
         raise ConfigError(f"{p}: baseline file does not exist (write one with --update-baseline)")
-    try:
-        data = json.loads(p.read_text(), object_pairs_hook=unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{p}: malformed baseline, not JSON ({e})") from None
+    data = read_json(p, ConfigError, problem="malformed baseline, not JSON", unique=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{p}: malformed baseline, not a {FORMAT} file (write one with --update-baseline)")
     if data.get("version", 0) > VERSION:

@@ -22,13 +22,13 @@ Storage per bit width (``q`` unsigned unless stated, ``zero`` implicit when symm
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from ..errors import ArtifactError
+from ..jsonfile import read_json
 
 FORMAT_VERSION = 2  # written; version 2 added 5-bit layers
 READABLE_VERSIONS = (1, 2)
@@ -150,11 +150,7 @@ def read_quantization_json(folder: str | Path) -> dict[str, Any]:
     f = Path(folder) / QUANT_JSON
     if not f.is_file():
         raise ArtifactError(f"{folder}: no {QUANT_JSON} (not a quantized artifact)")
-    try:
-        info = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{f}: not valid JSON ({e})") from None
-    return parse_quantization_json(info, f)
+    return parse_quantization_json(read_json(f, ArtifactError), f)
 
 
 def layer_spec(name: str, meta: Any, where: str | Path = QUANT_JSON, *,

@@ -14,7 +14,6 @@ can reach GGUF blocks unchanged.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 from compress.content import folder_id
 from compress.errors import ArtifactError, ModelLoadError
+from compress.jsonfile import read_json
 from compress.manifest import MANIFEST, Manifest, read_manifest
 from compress.quantize.format import (FORMAT_VERSION, QUANT_JSON, SUFFIXES, QuantizedWeight, quantized_weight,
                                       read_quantization_json)
@@ -194,7 +194,4 @@ def open_source(spec: str | Path, *, qtype: str | None = None) -> ExportSource:
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise ArtifactError(f"{path.parent}: no {path.name} ({what})")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}: corrupt {what} ({e})") from None
+    return read_json(path, ArtifactError, problem=f"corrupt {what}")

@@ -41,6 +41,7 @@ from gguf import GGUFReader, GGUFValueType, TokenType
 
 from compress.errors import ArtifactError, IncompatibleLayerError, MissingBackendError
 from compress.families import TOKENIZER_NAMES, tokenizer_kind
+from compress.jsonfile import read_json
 
 from .source import ExportSource
 from .spm import added_type, has_sp_model, sentencepiece_vocab
@@ -263,8 +264,5 @@ def chat_template(folder: Path, tcfg: dict[str, Any]) -> str | None:
 def _read_optional_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}: corrupt ({e})") from None
+    data = read_json(path, ArtifactError, problem="corrupt")
     return data if isinstance(data, dict) else {}
