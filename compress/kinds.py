@@ -8,8 +8,9 @@ the runtimes that run it (native first, and the file each one loads), and the ex
     by_format("onnx").stage                   # "export-onnx"
 
 Everything that lists kinds reads this table: model loading (:mod:`compress.models`), the recipe's
-export formats and config classes, the pipeline's stage table, ``compress export --format``, bench's
-runtimes (:mod:`compress.harness.targets`) and diagnose. Adding a kind of artifact is one row.
+export formats and config classes, the pipeline's stage table and its dry run's export checks,
+``compress export --format``, bench's runtimes (:mod:`compress.harness.targets`), chat's backends (by the
+native runtime) and diagnose. Adding a kind of artifact is one row.
 
 References to code are ``"module:attribute"`` strings, imported when first used, as packaging's entry
 points are: the table names the code of every layer without importing any of it, so ``compress --help``
@@ -57,6 +58,9 @@ class ArtifactKind:
     runs: tuple[Runs, ...] = PYTORCH  # () for outputs that are not models (bench runs, checks)
     export_format: str | None = None  # ``compress export --format`` / a recipe's ``format:``
     export_cli: str | None = None  # the handler of ``compress export --format`` (an ExportRequest)
+    # what a recipe's ``--dry-run`` checks of an export step from config.json alone, no weights read:
+    # (config, model folder, config.json dict) -> a note; IncompatibleLayerError when the format cannot take it
+    dry_run: str | None = None
 
     def config_class(self) -> type:
         return resolve(self.config)
@@ -93,10 +97,10 @@ _ROWS = (
                  loader="compress.quantize.artifact:load_quantized"),
     ArtifactKind("export-gguf", "export.gguf.config:GGUFConfig", make="export.gguf.export:export_gguf",
                  runs=(Runs("llama.cpp"), Runs("pytorch", file="gguf_file")),
-                 export_format="gguf", export_cli="export.gguf.cli:run"),
+                 export_format="gguf", export_cli="export.gguf.cli:run", dry_run="export.gguf.arch:dry_run_note"),
     ArtifactKind("export-onnx", "export.onnx.config:OnnxConfig", make="export.onnx.export:export_onnx",
                  runs=(Runs("onnxruntime"), Runs("onnxruntime-genai", when="genai_config")),
-                 export_format="onnx", export_cli="export.onnx.cli:run"),
+                 export_format="onnx", export_cli="export.onnx.cli:run", dry_run="export.onnx.arch:dry_run_note"),
     ArtifactKind("bench", "compress.harness.config:BenchConfig", runs=()),
     ArtifactKind("check", "compress.harness.config:CheckConfig", runs=()),
     ArtifactKind("eval", "compress.evaluate:EvalConfig", runs=()),

@@ -33,7 +33,7 @@ def test_every_reference_resolves_to_the_code_of_its_row():
         assert cls.KIND == k.stage and registered_configs()[k.stage] is cls, k.stage
         cfg = cls() if k.stage != "distill" else cls(student="student")
         assert cls.from_dict(cfg.to_dict()) == cfg
-        for ref in (k.make, k.loader, k.export_cli):
+        for ref in (k.make, k.loader, k.export_cli, k.dry_run):
             assert ref is None or callable(resolve(ref)), (k.stage, ref)
     assert pytorch_loader("quantize") is resolve(KINDS["quantize"].loader)
     assert pytorch_loader("prune") is None and pytorch_loader(None) is None

@@ -48,39 +48,43 @@ class TurnStats:
 
 
 def resolve_chat_artifact(path: str | Path) -> tuple[str, Path]:
-    """("gguf" | "onnx", model file) for a .gguf file or an export artifact; typed errors otherwise."""
+    """(runtime, model file) for a .gguf file or an artifact whose kind's native runtime chat drives
+    (:data:`BACKENDS`, read off the kinds table: an export kind is one row there); typed errors otherwise.
+
+        resolve_chat_artifact("runs/demo/export-gguf-q4km")   # ("llama.cpp", .../model.Q4_K_M.gguf)
+    """
+    from ..kinds import KINDS
     from ..manifest import read_manifest
-
-    from ..checkpoints import check_gguf
-    from ..errors import ModelLoadError
-
-    def checked(f: Path) -> tuple[str, Path]:
-        try:
-            check_gguf(f)  # truncation, and metadata llama.cpp would drop (the chat template with it)
-        except ModelLoadError as e:
-            raise ArtifactError(str(e)) from None
-        return "gguf", f
 
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
-        return checked(p)
+        return LlamaCppBackend.name, _checked_gguf(p)
     if p.is_file():
         raise ArtifactError(f"{p}: not a .gguf file or an export artifact directory")
     m = read_manifest(p)  # missing, unfinished and truncated artifacts fail here
-    if m.stage == "export-gguf":
-        ggufs = [n for n in m.files if n.endswith(".gguf") and not n.startswith(".")]
-        if len(ggufs) != 1:
-            raise ArtifactError(f"{p}: expected one .gguf file in the export, found {len(ggufs)}")
-        return checked(p / ggufs[0])
-    if m.stage == "export-onnx":
-        return "onnx", p / m.report.get("model_file", "model.onnx")
-    raise ArtifactError(f"{p}: a {m.stage!r} artifact cannot chat; export it first "
-                        f"(compress export {p} --format gguf|onnx --out DIR)")
+    kind = KINDS.get(m.stage)
+    backend = BACKENDS.get(kind.native) if kind is not None else None
+    if backend is None:
+        formats = "|".join(k.export_format for k in KINDS.values() if k.export_format and k.native in BACKENDS)
+        raise ArtifactError(f"{p}: a {m.stage!r} artifact cannot chat; export it first "
+                            f"(compress export {p} --format {formats} --out DIR)")
+    return backend.name, backend.model_file(p, m)
+
+
+def _checked_gguf(f: Path) -> Path:
+    from ..checkpoints import check_gguf
+    from ..errors import ModelLoadError
+
+    try:
+        check_gguf(f)  # truncation, and metadata llama.cpp would drop (the chat template with it)
+    except ModelLoadError as e:
+        raise ArtifactError(str(e)) from None
+    return f
 
 
 def open_backend(path: str | Path, cfg: ChatConfig, *, threads: int):
-    kind, model_file = resolve_chat_artifact(path)
-    return LlamaCppBackend(model_file, cfg, threads) if kind == "gguf" else OnnxBackend(model_file, cfg, threads)
+    runtime, model_file = resolve_chat_artifact(path)
+    return BACKENDS[runtime](model_file, cfg, threads)
 
 
 def model_bytes(path: str | Path) -> int:
@@ -95,6 +99,14 @@ class LlamaCppBackend:
     whole-character text pieces; loading, tokenizing and sampling are the runtime's."""
 
     name = "llama.cpp"
+
+    @staticmethod
+    def model_file(folder: Path, manifest: Any) -> Path:
+        """The one .gguf an artifact of a kind llama.cpp runs natively lists in its manifest, checked."""
+        ggufs = [n for n in manifest.files if n.endswith(".gguf") and not n.startswith(".")]
+        if len(ggufs) != 1:
+            raise ArtifactError(f"{folder}: expected one .gguf file in the export, found {len(ggufs)}")
+        return _checked_gguf(folder / ggufs[0])
 
     def __init__(self, gguf: Path, cfg: ChatConfig, threads: int) -> None:
         from runtimes import DeviceProfile
@@ -165,6 +177,11 @@ class OnnxBackend:
     cache, which cannot be cut back: a turn that does not extend the previous one starts over."""
 
     name = "onnxruntime"
+
+    @staticmethod
+    def model_file(folder: Path, manifest: Any) -> Path:
+        """The graph an artifact of a kind onnxruntime runs natively names in its report."""
+        return folder / manifest.report.get("model_file", "model.onnx")
 
     def __init__(self, model_file: Path, cfg: ChatConfig, threads: int) -> None:
         from runtimes import DeviceProfile
@@ -274,3 +291,8 @@ class OnnxBackend:
             raise
         finally:
             stats.total_s = time.perf_counter() - t0
+
+
+# native runtime (a kinds-table row's first ``runs``) -> the chat backend over it; a kind whose native runtime
+# is here chats with no change in this module
+BACKENDS: dict[str, type] = {b.name: b for b in (LlamaCppBackend, OnnxBackend)}

@@ -18,7 +18,7 @@ import typer
 # What loading adds beyond the weights file and the process as it stands (measured on SmolLM2-135M with a
 # 2,048-token context, 256 tokens generated: llama.cpp +92 MB (f16 KV cache 47 MB, compute buffers),
 # onnxruntime +184 MB (its arena, pre-packed MatMulNBits weights, the fp32 KV cache)), rounded up.
-RUNTIME_BUFFERS_MB = {"gguf": 100, "onnx": 200}
+RUNTIME_BUFFERS_MB = {"llama.cpp": 100, "onnxruntime": 200}  # by runtime name
 
 
 def check_budget(artifact: Path, profile) -> float:
@@ -28,8 +28,8 @@ def check_budget(artifact: Path, profile) -> float:
     from .backends import model_bytes, resolve_chat_artifact
     from .session import rss_mb
 
-    kind, _ = resolve_chat_artifact(artifact)
-    size_mb, now_mb, buffers = model_bytes(artifact) / 1e6, rss_mb(), RUNTIME_BUFFERS_MB[kind]
+    runtime, _ = resolve_chat_artifact(artifact)
+    size_mb, now_mb, buffers = model_bytes(artifact) / 1e6, rss_mb(), RUNTIME_BUFFERS_MB[runtime]
     need = size_mb + now_mb + buffers
     budget = profile.memory_budget_mb
     if budget is not None and need > budget:

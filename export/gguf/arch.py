@@ -173,6 +173,23 @@ def spec_for(config: dict[str, Any]) -> ArchSpec:
     return spec_for_family(family_for(config, "GGUF export"))
 
 
+def dry_run_note(cfg, folder, config: dict[str, Any]) -> str:
+    """A recipe's ``--dry-run`` of an export-gguf step (the kinds table's ``dry_run``): the architecture and,
+    for a k-quant, every row width the type's 256-wide super-blocks must divide, from config.json alone (a
+    quantize step upstream keeps the model's widths). IncompatibleLayerError when the export would refuse.
+
+        dry_run_note(GGUFConfig(qtype="Q4_K_M"), folder, config)   # "Q4_K_M, architecture llama"
+    """
+    from .config import is_kquant
+    from .kquant import check_kquant_rows, config_row_widths
+
+    note = f"{cfg.qtype}, architecture {spec_for(config).gguf_arch}"
+    if is_kquant(cfg.qtype):
+        rows = check_kquant_rows(cfg.qtype, config_row_widths(config))
+        note += f"; {rows}" if rows else ""
+    return note
+
+
 def rope_rows(n_rows: int, n_head: int) -> np.ndarray:
     """Row order that turns Hugging Face's half-split rope layout into llama.cpp's interleaved one:
     within each head, rows [0..h/2) and [h/2..h) are interleaved (what convert_hf_to_gguf's permute does)."""

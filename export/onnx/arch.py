@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress.errors import IncompatibleLayerError
+from compress.errors import IncompatibleLayerError, ModelLoadError
 from compress.families import FAMILIES, Family, check_config, longrope, rotary_dim
 
 
@@ -108,6 +108,22 @@ def spec_for(config) -> ArchSpec:
     head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // int(cfg["num_attention_heads"]))
     _check_rotary(rotary_dim(cfg, head_dim), head_dim)  # from config.json: the dry run refuses it too
     return spec
+
+
+def dry_run_note(cfg, folder, config: dict[str, Any]) -> str:
+    """A recipe's ``--dry-run`` of an export-onnx step (the kinds table's ``dry_run``): the family, rope and
+    rotary dims :func:`spec_for` checks, read by transformers from config.json (no model is built).
+
+        dry_run_note(OnnxConfig(precision="int4"), folder, config)   # "int4, architecture llama"
+    """
+    from transformers import AutoConfig
+
+    try:  # transformers' own reading: it fills the defaults and renames that spec_for expects
+        hf_config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{folder}/config.json: cannot be read ({str(e).splitlines()[0]})") from None
+    spec_for(hf_config)
+    return f"{cfg.precision}, architecture {config.get('model_type')}"
 
 
 def _check_rotary(rotary: int, head_dim: int) -> None:
