@@ -84,6 +84,17 @@ class StageConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the field when a value is out of range. Override per stage."""
 
+    def require_at_least(self, minimum: int, *names: str, note: str = "") -> None:
+        """ConfigError naming the first field of ``names`` below ``minimum`` (None: not set, passes), the
+        check most validate() methods start with; ``note`` says what the boundary value means.
+
+            self.require_at_least(1, "samples", "seq_len")       # quantize.samples: 0 must be >= 1
+        """
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{self.KIND}.{name}: {value} must be >= {minimum}{note}")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.KIND}
         for f in dataclasses.fields(self):

@@ -47,11 +47,8 @@ class EvalConfig(StageConfig):
     threads: int = 2
 
     def validate(self) -> None:
-        for name in ("window", "stride", "max_tokens", "threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name}: {getattr(self, name)} must be >= 1")
-        if self.mc_limit < 0:
-            raise ConfigError(f"eval.mc_limit: {self.mc_limit} must be >= 0 (0 = every example)")
+        self.require_at_least(1, "window", "stride", "max_tokens", "threads")
+        self.require_at_least(0, "mc_limit", note=" (0 = every example)")
         if self.stride > self.window:
             raise ConfigError(f"eval.stride: {self.stride} is larger than eval.window {self.window}")
 

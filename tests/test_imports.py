@@ -300,5 +300,9 @@ def test_the_guard_sees_cycles_string_imports_and_upward_imports():
     lazy_table = '_LAZY = {"run_quantize": ".run"}\nimport importlib\nimportlib.import_module(_LAZY["x"], __name__)\n'
     assert ("compress.quantize.run", 1, "string") in _all_imports("compress.quantize", lazy_table)
     assert _upward("compress.kinds", 'X = "export.gguf.cli:run"\n') == []  # the table's references
+    # runtimes.base names its own modules by string (its registry); one naming a layer above it is caught
+    registry = '_RUNTIMES = {"x": ("runtimes.torch_runtime", "T", "torch", ("compress.harness.targets",))}\n'
+    assert _upward("runtimes.base", registry) == [
+        "runtimes/base.py:1: string import of compress.harness.targets (layer 4 > 1)"]
     assert layer("compress.models") < layer("compress.quantize.run") < layer("export.gguf.validate") \
         < layer("compress.harness.targets") < layer("compress.pipeline.runner")

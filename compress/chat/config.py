@@ -31,12 +31,9 @@ class ChatConfig(StageConfig):
     threads: Optional[int] = None
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"chat.max_new_tokens: {self.max_new_tokens} must be >= 1")
+        self.require_at_least(1, "max_new_tokens", "top_k", "threads")
         if not 0.0 <= self.temperature <= 5.0:
             raise ConfigError(f"chat.temperature: {self.temperature} must be in [0, 5] (0 = greedy)")
-        if self.top_k < 1:
-            raise ConfigError(f"chat.top_k: {self.top_k} must be >= 1")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"chat.top_p: {self.top_p} must be in (0, 1]")
         if self.context < 64:
@@ -44,5 +41,3 @@ class ChatConfig(StageConfig):
         if self.max_new_tokens >= self.context:
             raise ConfigError(f"chat.max_new_tokens: {self.max_new_tokens} leaves no room for the prompt in a "
                               f"context of {self.context} tokens")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"chat.threads: {self.threads} must be >= 1")

@@ -48,22 +48,17 @@ class DistillConfig(StageConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("steps", "seq_len", "batch", "checkpoint_every", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"distill.{name}: {getattr(self, name)} must be >= 1")
+        self.require_at_least(1, "steps", "seq_len", "batch", "checkpoint_every", "eval_every")
         if self.seq_len < 8:
             raise ConfigError(f"distill.seq_len: {self.seq_len} is too short (>= 8)")
         if not self.lr > 0:
             raise ConfigError(f"distill.lr: {self.lr} must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"distill.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup < 0:
-            raise ConfigError(f"distill.warmup: {self.warmup} must be >= 0")
+        self.require_at_least(0, "warmup")
         if not self.temperature > 0:
             raise ConfigError(f"distill.temperature: {self.temperature} must be > 0")
-        for name in ("ce_weight", "hidden_weight", "weight_decay", "eval_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"distill.{name}: {getattr(self, name)} must be >= 0")
+        self.require_at_least(0, "ce_weight", "hidden_weight", "weight_decay", "eval_tokens")
         if not self.max_epochs > 0:
             raise ConfigError(f"distill.max_epochs: {self.max_epochs} must be > 0")
         for i, pair in enumerate(self.layer_map):

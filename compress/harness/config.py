@@ -46,9 +46,7 @@ class BenchConfig(StageConfig):
             if r not in known_runtimes():
                 raise ConfigError(f"bench.runtimes: unknown runtime {r!r}{suggest(r, known_runtimes())}; "
                                   f"known: {', '.join(known_runtimes())}")
-        for name in ("max_tokens", "window", "prompt_tokens", "new_tokens", "repetitions"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"bench.{name}: {getattr(self, name)} must be >= 1")
+        self.require_at_least(1, "max_tokens", "window", "prompt_tokens", "new_tokens", "repetitions")
         if self.new_tokens < 2:
             raise ConfigError("bench.new_tokens: decode speed needs at least 2 new tokens")
         if not self.depths or any(d < 0 for d in self.depths) or len(set(self.depths)) != len(self.depths):

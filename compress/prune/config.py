@@ -44,18 +44,12 @@ class PruneConfig(StageConfig):
     eval_tokens: int = 2048  # held-out tokens scored before/after for the report (0 = none)
 
     def validate(self) -> None:
-        for name in ("samples", "seq_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"prune.{name}: {getattr(self, name)} must be >= 1")
-        if self.eval_tokens < 0:
-            raise ConfigError(f"prune.eval_tokens: {self.eval_tokens} must be >= 0 (0 = no report scoring)")
-        if self.method == "depth" and self.layers is not None and self.layers < 1:
-            raise ConfigError(f"prune.layers: {self.layers} must be >= 1")
+        self.require_at_least(1, "samples", "seq_len")
+        self.require_at_least(0, "eval_tokens", note=" (0 = no report scoring)")
+        if self.method == "depth":
+            self.require_at_least(1, "layers")
         if self.method == "width":
-            for name in ("intermediate_size", "num_attention_heads", "num_key_value_heads"):
-                v = getattr(self, name)
-                if v is not None and v < 1:
-                    raise ConfigError(f"prune.{name}: {v} must be >= 1")
+            self.require_at_least(1, "intermediate_size", "num_attention_heads", "num_key_value_heads")
             if (self.num_attention_heads is not None and self.num_key_value_heads is not None
                     and self.num_attention_heads % self.num_key_value_heads):
                 raise ConfigError(f"prune.num_attention_heads: {self.num_attention_heads} is not a multiple of "

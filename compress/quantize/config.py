@@ -89,13 +89,10 @@ class QuantConfig(StageConfig):
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"quantize.group_size: {self.group_size} is not one of "
                               f"{', '.join(map(str, GROUP_SIZES))} (0 = per output channel)")
-        for name in ("samples", "seq_len", "batch", "awq_grid", "analyze_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"quantize.{name}: {getattr(self, name)} must be >= 1")
+        self.require_at_least(1, "samples", "seq_len", "batch", "awq_grid", "analyze_tokens")
         if self.seq_len < 8:
             raise ConfigError(f"quantize.seq_len: {self.seq_len} is too short (>= 8)")
-        if self.eval_tokens < 0:
-            raise ConfigError(f"quantize.eval_tokens: {self.eval_tokens} must be >= 0 (0 = no report scoring)")
+        self.require_at_least(0, "eval_tokens", note=" (0 = no report scoring)")
         if not 0 < self.damp < 1:
             raise ConfigError(f"quantize.damp: {self.damp} must be in (0, 1)")
         if self.act_order and self.method != "gptq":
