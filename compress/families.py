@@ -56,6 +56,8 @@ class Family:
     - ``gguf_keys``: groups of GGUF hyper-parameters written besides the common ones (see
       export.gguf.hparams); ``gguf_q_is_square``: llama.cpp's graph takes q as hidden x hidden; ``awq``:
       which AWQ folds apply; ``prune_width``: None or why not.
+    - ``gguf_input``: None where a ``.gguf`` of ``gguf_arch`` is a valid input (the first row with that
+      ``gguf_arch`` reads it: llama.cpp stores Mistral as ``llama``), else why not (refused from the header).
     """
 
     name: str
@@ -85,6 +87,9 @@ class Family:
     refused_settings: tuple[tuple[str, str], ...] = ()
     awq: str = "all folds: norm -> q/k/v and gate/up, v -> o, up -> down"
     prune_width: str | None = None
+    # None: a .gguf of gguf_arch is an input (transformers dequantizes it, compress.gguf_import completes its
+    # config from the metadata and checks it against llama.cpp); else why not, refused from the header alone
+    gguf_input: str | None = None
     notes: str = ""
 
     @property
@@ -168,6 +173,40 @@ def family_for(config: dict[str, Any], where: str | Path = "config.json") -> Fam
     raise IncompatibleLayerError(
         f"{where}: architecture {'/'.join(archs) or '?'} (model_type {mtype!r}) is not a family compress "
         f"supports; supported: {supported()}")
+
+
+def gguf_input_family(gguf_arch: str | None, where: str | Path) -> Family:
+    """The row that reads a ``.gguf`` of llama.cpp architecture ``gguf_arch`` (its ``general.architecture``);
+    IncompatibleLayerError, from the header alone, for an architecture no row has or a row whose
+    ``gguf_input`` says why its files cannot be read, with what to give instead."""
+    fam = next((f for f in FAMILIES if f.gguf_arch == gguf_arch), None)
+    readable = ", ".join(dict.fromkeys(f.gguf_arch for f in FAMILIES if f.gguf_input is None))
+    if fam is None:
+        raise IncompatibleLayerError(f"{where}: GGUF architecture {gguf_arch!r} is not a family compress supports; "
+                                     f".gguf inputs compress reads: {readable}")
+    if fam.gguf_input is not None:
+        raise IncompatibleLayerError(f"{where}: a {gguf_arch} GGUF cannot be read as an input ({fam.gguf_input}); "
+                                     f"give the Hugging Face folder it was converted from instead")
+    return fam
+
+
+def gguf_family(path: Path, reader: Any = None) -> Family:
+    """:func:`gguf_input_family` of a ``.gguf`` file's ``general.architecture``, read from its header (no
+    tensor data). gguf-py is imported here, not at the top: this module stays light for config checks."""
+    if reader is None:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+    return gguf_input_family(gguf_field(reader, "general.architecture"), path)
+
+
+def gguf_field(reader: Any, key: str) -> Any:
+    """A GGUF metadata value (strings decoded), None when the file has no such key."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.contents()
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 def family_of_model_type(model_type: str | None) -> Family | None:

@@ -38,15 +38,24 @@ def _cells(f: Family) -> list[str]:
         "all schemes; AWQ " + f.awq,
         f"depth: yes; width: {width}",
         f"yes (`{f.gguf_arch}`)",
+        _gguf_input(f),
         "yes (GroupQueryAttention, KV cache)",
         ", ".join(_SHORT_TOKENIZERS[t] for t in f.tokenizers),
         f.notes or "-",
     ]
 
 
+def _gguf_input(f: Family) -> str:
+    reader = next(r for r in FAMILIES if r.gguf_arch == f.gguf_arch)  # the row gguf_input_family picks
+    if reader.gguf_input is not None:
+        return f"refused: {reader.gguf_input}"
+    return "yes" if reader is f else f"yes, as `{reader.name}` (its GGUF architecture is `{f.gguf_arch}`)"
+
+
 def table() -> str:
     """The markdown table, one row per family (what the README holds between START and END)."""
-    head = ["family", "quirks carried", "rope", "quantize", "prune", "GGUF (llama.cpp)", "ONNX (onnxruntime)",
+    head = ["family", "quirks carried", "rope", "quantize", "prune", "GGUF (llama.cpp)", "`.gguf` as input",
+            "ONNX (onnxruntime)",
             "tokenizers to GGUF", "notes / refused"]
     rows = [head, ["---"] * len(head)] + [_cells(f) for f in FAMILIES]
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -54,7 +63,10 @@ def table() -> str:
                "with this list: another architecture, a `rope_type` the family's row does not list (yarn, dynamic, "
                "...), `partial_rotary_factor` below 1 where the row does not take it, longrope factor lists that are "
                "not one per rotary frequency, Qwen2's `use_sliding_window`, and tokenizers other than "
-               + " or ".join(TOKENIZER_NAMES.values()) + ".")
+               + " or ".join(TOKENIZER_NAMES.values()) + ". A `.gguf` input is dequantized by transformers with "
+               "what its GGUF reader leaves out (head_dim, longrope, partial rotary, Gemma 3's layer pattern and "
+               "rope bases) restored from the file's metadata, then checked against llama.cpp; a GGUF architecture "
+               "that no row reads is refused from the file's header.")
     return "\n".join(lines) + "\n\n" + refused + "\n"
 
 

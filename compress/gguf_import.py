@@ -30,18 +30,106 @@ DEFAULT_TOLERANCE = 0.03
 
 
 def load_gguf(path: Path) -> tuple[Any, Any]:
-    """Dequantize a GGUF into a transformers model (fp32, eval mode) and its tokenizer."""
+    """Dequantize a GGUF into a transformers model (fp32, eval mode) and its tokenizer. The family is
+    checked from the file's metadata first (:func:`compress.families.gguf_family`), and the config that
+    transformers builds is completed from it (:func:`gguf_config`), before any weight is read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    config = gguf_config(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
+                                                     dtype=torch.float32)
+    except (ValueError, KeyError, RuntimeError, OSError, AssertionError) as e:
         raise ModelLoadError(f"{path}: transformers cannot build a model from this GGUF ({e})") from None
     strip_gguf_marker(model)
     restore_llama3_rope(model, path)
     model.eval()
     return model, tok
+
+
+
+
+def gguf_config(path: Path) -> Any:
+    """transformers' config for a GGUF with what its GGUF reader (5.23) leaves out restored from the file's
+    metadata, then refused as a folder's config.json would be (:func:`compress.families.check_config`).
+    Without this a Qwen3 whose head_dim is not hidden/heads fails on tensor shapes, a tiny-vocabulary Phi-3
+    on its default pad id 32000, Phi-3.5's longrope and Phi-4-mini's partial rotary are silently dropped
+    (the import check would then refuse it), and a llama GGUF named "mistral" gets a class with no tensor map."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig, LlamaConfig
+
+    from .families import check_config, gguf_family, gguf_field
+
+    reader = GGUFReader(path)
+    fam = gguf_family(path, reader)
+    arch = fam.gguf_arch
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        raise ModelLoadError(f"{path}: transformers cannot read this GGUF's metadata ({e})") from None
+    d = config.to_dict()
+    cls = type(config)
+    if arch == "llama" and d.get("model_type") != "llama":
+        # transformers turns a llama GGUF whose general.name is exactly "mistral" into its Mistral class, then
+        # finds no tensor map for it; llama.cpp runs it as llama, and so do we
+        cls, d["model_type"] = LlamaConfig, "llama"
+        d.pop("sliding_window", None)
+    heads, hidden = int(d["num_attention_heads"]), int(d["hidden_size"])
+    head_dim = gguf_field(reader, f"{arch}.attention.key_length")
+    if head_dim is not None and "head_dim" in d:
+        d["head_dim"] = int(head_dim)
+    head_dim = int(d.get("head_dim") or hidden // heads)
+    if fam.attn_scale_key:
+        # llama.cpp scales gemma3's scores by head_dim**-0.5 ((hidden/heads)**-0.5 at 62 layers, the 27B), and
+        # our exporter folds any other query_pre_attn_scalar into q_norm: the file means this one
+        d[fam.attn_scale_key] = hidden // heads if int(d["num_hidden_layers"]) == 62 else head_dim
+    rope = dict(d.get("rope_parameters") or {})
+    rotary = gguf_field(reader, f"{arch}.rope.dimension_count")
+    if rotary is not None and int(rotary) != head_dim:
+        d["partial_rotary_factor"] = rope["partial_rotary_factor"] = int(rotary) / head_dim
+    factors = {t.name: t for t in reader.tensors if t.name in ("rope_factors_long.weight", "rope_factors_short.weight")}
+    original = gguf_field(reader, f"{arch}.rope.scaling.original_context_length")
+    if original is not None and "original_max_position_embeddings" in d:
+        d["original_max_position_embeddings"] = int(original)
+    if factors:
+        rope.update(rope_type="longrope",
+                    long_factor=[float(x) for x in np.asarray(factors["rope_factors_long.weight"].data).reshape(-1)],
+                    short_factor=[float(x) for x in np.asarray(factors["rope_factors_short.weight"].data).reshape(-1)])
+        attn = gguf_field(reader, f"{arch}.rope.scaling.attn_factor")
+        if attn is not None:
+            rope["attention_factor"] = float(attn)
+    if isinstance(rope.get("sliding_attention"), dict):  # per layer type (Gemma 3): freq_base_swa is ignored
+        for key, kind in ((f"{arch}.rope.freq_base", "full_attention"),
+                          (f"{arch}.rope.freq_base_swa", "sliding_attention")):
+            theta = gguf_field(reader, key)
+            if theta is not None:
+                rope[kind] = {**rope[kind], "rope_theta": float(theta)}
+    if rope:
+        d["rope_parameters"] = rope
+    window = gguf_field(reader, f"{arch}.attention.sliding_window")
+    if "sliding_window" in d and window:
+        d["sliding_window"] = int(window)
+    pattern = gguf_field(reader, f"{arch}.attention.sliding_window_pattern")
+    if pattern is not None and "layer_types" in d:
+        # ignored too: transformers' default (5 sliding, 1 full) is right for the real Gemma 3 only. llama.cpp's
+        # rule: a bool per layer, or a period p with layer i sliding iff i % p < p - 1 (0: every layer)
+        n, p = int(d["num_hidden_layers"]), pattern
+        sliding = ([bool(x) for x in p] if isinstance(p, list) else
+                   [int(p) == 0 or i % int(p) < int(p) - 1 for i in range(n)])
+        d["layer_types"] = ["sliding_attention" if x else "full_attention" for x in sliding]
+    pad, vocab = d.get("pad_token_id"), int(d["vocab_size"])
+    if pad is not None and not 0 <= int(pad) < vocab:  # a class default (Phi-3's 32000) past this vocabulary
+        pad = gguf_field(reader, "tokenizer.ggml.padding_token_id")
+        d["pad_token_id"] = int(pad) if pad is not None and 0 <= int(pad) < vocab else None
+    check_config(fam, d, path)
+    d.pop("model_type", None)
+    d.pop("transformers_version", None)
+    try:
+        return cls(**d)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{path}: the config read from this GGUF's metadata is not valid for transformers "
+                             f"({e})") from None
 
 
 def restore_llama3_rope(model, path: Path) -> None:

@@ -33,7 +33,10 @@ def model_folder(spec: str) -> Path | None:
             inspect_hf_folder(src.path)  # refuses pickle-only checkpoints and trust_remote_code models
         return src.path
     if src.kind == "gguf":
+        from ..families import gguf_family
+
         check_gguf(src.path)
+        gguf_family(src.path)  # a family compress cannot read from a .gguf is refused from the header
     return None
 
 
