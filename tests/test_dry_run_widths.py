@@ -47,6 +47,7 @@ def test_a_kquant_no_row_of_the_model_can_hold_is_refused_before_any_work(steps,
     line = _one_error(rc, err)
     assert line.startswith("error: export g: export-gguf.qtype: Q4_K_M needs rows of whole 256-wide super-blocks"), line
     assert "hidden_size 96" in line and "intermediate_size 160" in line and "Q5_0 and Q8_0" in line, line
+    assert line.endswith("--qtype Q4_0 (recipe: qtype: Q4_0 in the export entry)"), line  # both spellings
     assert took < 2.0, f"refusal took {took:.2f} s"
     assert not any((tmp_path / "work").glob("*/manifest.json"))  # the quantize step did not run either
 
@@ -78,6 +79,9 @@ def test_a_group_size_that_does_not_divide_the_width_is_refused_naming_the_step_
     line = _one_error(rc, err)
     assert line.startswith("error: quantize q: group size 64 does not divide the input width of"), line
     assert "self_attn.qkv_proj (96)" in line and "mlp.down_proj (160)" in line and "--group-size 32" in line, line
+    # a recipe user needs the field names too, not only the flags
+    assert line.endswith("use --group-size 32 (recipe: quantize.group_size: 32) or --skip-incompatible (recipe: "
+                         "quantize.skip_incompatible: true) to leave them in float"), line
     assert took < 5.0, f"refusal took {took:.2f} s"  # a meta-device model from config.json: no weights
     assert not (tmp_path / "work" / "quantize-q").exists()
 

@@ -191,9 +191,11 @@ def _misfit_message(cfg: QuantConfig, misfits: list[tuple[str, int, str]]) -> st
         by_heading[heading].append((name, width))
     fit = [g for g in (128, 64, 32, 16)
            if all(misfit_reason(cfg, cfg.bits, g, cfg.grid_symmetric(cfg.bits), w) is None for _, w, _ in misfits)]
-    hint = f"use --group-size {fit[0]} or " if fit else "use "
+    # both spellings: the CLI's flag and the recipe's field (a recipe user has no flag to pass)
+    hint = f"use --group-size {fit[0]} (recipe: quantize.group_size: {fit[0]}) or " if fit else "use "
     parts = [f"{heading} {len(items)} layer(s): {compact_names(items)}" for heading, items in by_heading.items()]
-    return "; ".join(parts) + f"; {hint}--skip-incompatible to leave them in float"
+    return ("; ".join(parts) + f"; {hint}--skip-incompatible (recipe: quantize.skip_incompatible: true) to leave "
+            "them in float")
 
 
 def tensor_cost(cfg: QuantConfig, t: Target, bits: int) -> float:

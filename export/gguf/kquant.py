@@ -53,7 +53,8 @@ def check_kquant_rows(qtype: str, widths: dict[str, int]) -> str:
         raise IncompatibleLayerError(
             f"export-gguf.qtype: {qtype} needs rows of whole {QK_K}-wide super-blocks and no matrix of this model has "
             f"them ({shown}): llama.cpp would store every one as {FALLBACK[qtype]}, a {qtype} file without a k-quant "
-            f"in it; choose Q8_0, Q5_0 or Q4_0 (32-wide blocks) instead")
+            f"in it; choose Q8_0, Q5_0 or Q4_0 (32-wide blocks) instead: --qtype Q4_0 (recipe: qtype: Q4_0 in the "
+            f"export entry)")
     if misfit:
         return f"{shown} not a multiple of {QK_K}: those rows fall back to {FALLBACK[qtype]}"
     return ""
