@@ -2,17 +2,20 @@
 
     .venv/bin/python benchmarks/bench_onnx_memory.py runs/q14/smollm2-onnx-int4-t8 --prefill 2048 --decode 32
     .venv/bin/python benchmarks/bench_onnx_memory.py EXPORT --config session.disable_prepacking=1 --no-arena
-    .venv/bin/python benchmarks/bench_onnx_memory.py EXPORT --tokenizer --markdown   # as the bench worker loads
+    .venv/bin/python benchmarks/bench_onnx_memory.py EXPORT --chunk 0 --markdown   # the prompt in one run
+    .venv/bin/python benchmarks/bench_onnx_memory.py EXPORT --tokenizer --markdown   # and text asked for
 
-Each run is a fresh subprocess (``--child``) that imports onnxruntime (and, with ``--tokenizer``, transformers,
-as the bench worker's preimport does), reads /proc/self/status, makes the session with
-:func:`runtimes.onnx_runtime.make_session` (plus ``--config``/``--no-arena``/``--opt-level`` applied to its
-SessionOptions), reads again, prefills ``--prefill`` fixed token ids (last position's logits only; ``--chunk``:
-in runs of that many tokens), reads again, decodes ``--decode`` steps and reads a last time. Each reading:
-VmHWM (peak), VmRSS and its split into RssAnon (heap, arenas: what a phone must keep) and RssFile (mapped
-files: pages it can drop). Nothing else runs in that process: the table is made here, in the parent.
+Each run is a fresh subprocess (``--child``) that does what the bench worker does (compress.harness.worker:
+its backend preimport, then ``OnnxRuntime.load`` with ``n_ctx`` = prompt + new tokens + 8 and no checks),
+reading /proc/self/status before and after loading (``--config``/``--no-arena``/``--opt-level`` applied to
+:func:`runtimes.onnx_runtime.make_session`'s SessionOptions); with ``--tokenizer`` it then asks the runtime for its
+tokenizer (tokenizer.json, read without transformers) and reads again; it prefills ``--prefill`` fixed token ids
+through the runtime's KV path and prefill chunks (the shared fixed buffer where the export declares it, else the
+growing cache; ``--chunk`` overrides the runtime's chunk of 256 tokens, 0 for one run), reads, decodes
+``--decode`` steps and reads a last time. Each reading: VmHWM (peak), VmRSS and its split into RssAnon (heap,
+arenas: what a phone must keep) and RssFile (mapped files: pages it can drop). Nothing else runs in that
+process: the table is made here, in the parent.
 
-The KV path is the runtime's: the shared fixed buffer where the export declares it, else the growing cache.
 Memory does not depend on machine load, so this may run beside other work.
 """
 
@@ -49,10 +52,13 @@ def _status() -> dict[str, float]:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """The measured process: load, prefill, decode, with a memory reading after each."""
     import numpy as np
+
+    from compress.harness.worker import preimport
+    from runtimes import DeviceProfile, get_runtime
+
+    preimport("onnxruntime")  # what the bench worker imports before loading
     import onnxruntime as ort
 
-    if spec["tokenizer"]:
-        import transformers  # noqa: F401  (the bench worker preimports it before loading)
     readings = {"start": _status()}
     original = ort.InferenceSession
 
@@ -67,44 +73,42 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         return original(path, so, **kw)
 
     ort.InferenceSession = session
-    from runtimes.onnx_runtime import OnnxDecoder, make_session
-
     folder = Path(spec["folder"])
-    sess = make_session(folder / spec["model_file"], spec["threads"])
+    steps = spec["decode"]
+    rt = get_runtime("onnxruntime")
+    # compress.harness.worker.load_runtime's call (n_ctx as the worker sizes it), with this run's model file
+    rt.load(folder, DeviceProfile(threads=spec["threads"]), n_ctx=spec["prefill"] + steps + 8, verify=False,
+            model_file=spec["model_file"])
     readings["session"] = _status()
     if spec["tokenizer"]:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(str(folder))
+        rt.tokenizer  # noqa: B018  (read on first use, as a caller with text makes it)
         readings["tokenizer"] = _status()
-    decoder = OnnxDecoder(sess)
+    decoder = rt.decoder
+    if spec["chunk"] is not None:
+        decoder.prefill_chunk = spec["chunk"]
     vocab = decoder.layout.vocab or int(json.loads((folder / "config.json").read_text())["vocab_size"])
     rng = np.random.default_rng(0)
     prompt = rng.integers(10, min(vocab, 32000), spec["prefill"]).tolist()
-    steps, chunk = spec["decode"], spec["chunk"] or len(prompt)
-    pieces = [prompt[i:i + chunk] for i in range(0, len(prompt), chunk)]
+    # OnnxDecoder.generate's steps, with a reading between the prefill and the decode
     if decoder.shares_buffer:
         cache = decoder.new_cache(len(prompt) + steps)
-        for piece in pieces:
-            row = cache.feed(piece)
+        row = cache.feed(prompt)
         readings["prefill"] = _status()
         for _ in range(steps):
             row = cache.feed([int(row.argmax())])
     else:
-        past, done = None, 0
-        for piece in pieces:
-            logits, past = decoder.run(piece, past, done, 1)
-            done += len(piece)
+        logits, past = decoder.run(prompt, None, 0, 1)
         readings["prefill"] = _status()
         for i in range(steps):
             logits, past = decoder.run([int(logits[-1].argmax())], past, len(prompt) + i, 1)
     readings["decode"] = _status()
-    return {"readings": readings, "shared_kv": decoder.shares_buffer, "onnxruntime": ort.__version__}
+    return {"readings": readings, "shared_kv": decoder.shares_buffer, "chunk": decoder.prefill_chunk,
+            "onnxruntime": ort.__version__, "imported": sorted(m for m in ("torch", "transformers") if m in sys.modules)}
 
 
 def measure(folder: Path, *, model_file: str = "model.onnx", prefill: int = 2048, decode: int = 32, threads: int = 2,
             config: dict[str, str] | None = None, no_arena: bool = False, opt_level: str | None = None,
-            tokenizer: bool = False, chunk: int = 0) -> dict[str, Any]:
+            tokenizer: bool = False, chunk: int | None = None) -> dict[str, Any]:
     """Run :func:`child` in a fresh interpreter and return its readings (MiB) with the file sizes."""
     folder = Path(folder).absolute()
     spec = {"folder": str(folder), "model_file": model_file, "prefill": prefill, "decode": decode, "threads": threads,
@@ -143,7 +147,7 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
         cells = [f"{rd[p]['anon']:.0f} / {rd[p]['file']:.0f}" if p in rd else "-" for p in PHASES]
         target = r["file_mb"] + r["kv_mb"] + 150
         peak = rd["decode"]["peak"]
-        chunk = r["spec"]["chunk"]
+        chunk = r.get("chunk", r["spec"]["chunk"])
         path = ("shared" if r["shared_kv"] else "growing") + (f", chunks of {chunk}" if chunk else "")
         over = " **over**" if peak > target else ""
         lines.append(f"| {label} | {path} | {r['file_mb']:.0f} | {r['kv_mb']:.0f} | " + " | ".join(cells) +
@@ -159,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=2048)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=0, help="prefill in runs of this many tokens (0: one run)")
+    ap.add_argument("--chunk", type=int, help="prefill in runs of this many tokens (0: one run; default: the "
+                                              "runtime's, runtimes.onnx_kv.PREFILL_CHUNK)")
     ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                     help="a session config entry on top of make_session's (repeatable)")
     ap.add_argument("--no-arena", action="store_true", help="enable_cpu_mem_arena = False")
     ap.add_argument("--opt-level", choices=sorted(_LEVELS))
-    ap.add_argument("--tokenizer", action="store_true", help="also import transformers and load the tokenizer, "
-                                                             "as the bench worker does")
+    ap.add_argument("--tokenizer", action="store_true", help="also read the runtime's tokenizer after loading, as a "
+                                                             "caller with text does (the bench worker does not)")
     ap.add_argument("--markdown", action="store_true", help="print the markdown table (else JSON lines)")
     args = ap.parse_args(argv)
     if args.child:
@@ -185,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print("Command: `" + shlex.join(["python", "benchmarks/bench_onnx_memory.py", *sys.argv[1:]]) + "`\n")
         print(table(rows))
+        imported = {label: r["imported"] for label, r in rows if r["imported"]}
+        print("\ntorch / transformers in a measured process: " +
+              ("; ".join(f"{k}: {', '.join(v)}" for k, v in imported.items()) if imported else "in none"))
     return 0
 
 

@@ -13,9 +13,10 @@ install command when absent.
 
 from .base import DeviceProfile, Generation, Runtime, get_runtime, import_backend, known_runtimes, register_runtime
 
-# export-onnx artifacts (issue #4); onnxruntime itself is imported only when a session is made
-register_runtime("onnxruntime", "runtimes.onnx_runtime", "OnnxRuntime", "onnxruntime==1.32.0",
-                 ("onnxruntime", "transformers"))
+# export-onnx artifacts (issue #4); onnxruntime itself is imported only when a session is made. Not transformers:
+# the runtime reads tokenizer.json without it (it imports torch: +163 MiB anonymous in a bench worker), and only
+# when text is asked for
+register_runtime("onnxruntime", "runtimes.onnx_runtime", "OnnxRuntime", "onnxruntime==1.32.0", ("onnxruntime",))
 # the same export-onnx folders through onnxruntime-genai's generator (issue #14), as apps embed them
 register_runtime("onnxruntime-genai", "runtimes.genai_runtime", "GenaiRuntime", "onnxruntime-genai==0.18.0",
                  ("onnxruntime_genai",))

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from compress.errors import ArtifactError, ConfigError, optional_import
+from compress.tokenizer import load_export_tokenizer
 
 from .base import DeviceProfile, Generation, usable_threads
 from .genai_folder import GENAI_CONFIG, GenaiFolder, read_genai_folder
@@ -40,7 +41,8 @@ class GenaiRuntime:
 
     def __init__(self) -> None:
         self.model: Any = None
-        self.tokenizer: Any = None
+        self._tokenizer: Any = None
+        self._tokenizer_folder: Path | None = None  # read from here on first use of ``tokenizer``
         self.manifest: Any = None
         self.path: Path | None = None  # the decoder's model file
         self.max_length: int | None = None
@@ -74,9 +76,15 @@ class GenaiRuntime:
         self.model = og.Model(config)
         self.path = self.genai.model_file  # the model file, as OnnxRuntime.path
         self.max_length = self.genai.max_length
-        from transformers import AutoTokenizer
+        self._tokenizer, self._tokenizer_folder = None, folder
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    @property
+    def tokenizer(self):
+        """The folder's tokenizer, read on first use without torch, as :attr:`OnnxRuntime.tokenizer` is (a bench
+        row passes token ids and never reads it)."""
+        if self._tokenizer is None and self._tokenizer_folder is not None:
+            self._tokenizer = load_export_tokenizer(self._tokenizer_folder)
+        return self._tokenizer
 
     def _generator(self, length: int):
         if length > self.max_length:

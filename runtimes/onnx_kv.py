@@ -5,6 +5,10 @@
     row = cache.feed(prompt)                      # prefill: the last position's logits
     row = cache.feed([token])                     # one decode step, written in place
 
+A prompt longer than :data:`PREFILL_CHUNK` tokens is fed in consecutive runs of that many through the same buffer
+(each run attends to the keys and values the runs before it wrote): the activations of one run are what a prefill
+holds at once, instead of the whole prompt's.
+
 onnxruntime's GroupQueryAttention treats a past/present pair bound to the same memory as one buffer of
 ``capacity`` positions (its CPU kernel compares the two pointers): it writes the new positions' keys and values
 after the ``seqlens_k + 1 - n`` already there and attends to the first ``seqlens_k + 1`` only. Our graph derives
@@ -34,6 +38,12 @@ import numpy as np
 
 from compress.errors import ConfigError
 
+# Prefill in runs of this many tokens. One 2,048-token run holds GroupQueryAttention's [heads, 2,048, 2,048]
+# scores and the MLP's [2,048, 4 x hidden] activations at once: the prefill added 207 MiB to SmolLM2 (91 of them
+# the KV cache) and 239 to Gemma3 (73), in runs of 256 106 and 80, and the peak after a 2,048-token prefill fell
+# 427 -> 325 MiB (SmolLM2) and 661 -> 548 (Gemma3, whose load peak it then is); runs of 128 were no better, 512
+# worse (benchmarks/RESULTS.md, "ONNX memory (#14)"). A prompt of up to this many tokens runs as before, in one.
+PREFILL_CHUNK = 256
 KV_META = "compress.kv_cache"  # model metadata: {"share_buffer": bool, "dtype": "float32" | ...}
 PAST, PRESENT = "past_key_values.", "present."
 
@@ -84,6 +94,15 @@ def kv_layout(session, *, dims: tuple[int, int] | None = None, share: bool | Non
                     keeps)
 
 
+def check_chunk(chunk: int | None) -> int:
+    """A prefill chunk length: a positive number of tokens, or 0 (None) for a prompt in one run."""
+    if chunk is None:
+        return 0
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise ConfigError(f"prefill chunk {chunk!r}: a number of tokens >= 1, or 0 for a prompt in one run")
+    return chunk
+
+
 def _dim(node, axis: int, dims: tuple[int, int] | None) -> int:
     """Axis 1 (KV heads) or 3 (head size) of a past input: the graph's number, else ``dims``' (see kv_layout)."""
     value = node.shape[axis]
@@ -100,10 +119,11 @@ class SharedKVCache:
     bound as both that input and its ``present`` output for every step; ``feed`` writes in place.
 
     ``length`` is how many positions hold keys and values; :meth:`truncate` forgets the tail (the next ``feed``
-    overwrites it), which is how a chat keeps a common prefix without copying anything.
+    overwrites it), which is how a chat keeps a common prefix without copying anything. ``chunk``: the most
+    tokens one run of the session takes (:data:`PREFILL_CHUNK`; 0 or None: a whole ``feed`` in one run).
     """
 
-    def __init__(self, session, layout: KVLayout, capacity: int) -> None:
+    def __init__(self, session, layout: KVLayout, capacity: int, chunk: int | None = PREFILL_CHUNK) -> None:
         import onnxruntime as ort
 
         if not layout.shared:
@@ -111,6 +131,7 @@ class SharedKVCache:
                               f"(model metadata {KV_META!r}); export it again to get one")
         if capacity < 1:
             raise ConfigError(f"KV buffer capacity {capacity}: must be at least 1 position")
+        self.chunk = check_chunk(chunk)
         self._ort, self.session, self.capacity, self.length = ort, session, int(capacity), 0
         self.keeps_last = layout.keeps_last
         self.binding = session.io_binding()
@@ -138,13 +159,22 @@ class SharedKVCache:
         self._logits_bound = self._logits is not None  # logits is bound to that array now
 
     def feed(self, ids: Sequence[int]) -> np.ndarray:
-        """Run ``ids`` after the ``length`` cached positions; the last position's logits [vocab] (a copy)."""
+        """Run ``ids`` after the ``length`` cached positions, in runs of at most ``chunk`` tokens; the last
+        position's logits [vocab] (a copy)."""
         ids = list(ids)
         total = self.length + len(ids)
         if not ids:
             raise ConfigError("no token ids to feed")
         if total > self.capacity:
             raise ConfigError(f"sequence of {total} tokens does not fit the KV buffer of {self.capacity} positions")
+        step = self.chunk or len(ids)
+        for start in range(0, len(ids), step):
+            row = self._run(ids[start:start + step])
+        return row
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        """One run of the session: ``ids`` after the ``length`` cached positions (checked by :meth:`feed`)."""
+        total = self.length + len(ids)
         value = self._ort.OrtValue.ortvalue_from_numpy
         if len(ids) == 1:
             self._token[0, 0] = ids[0]

@@ -14,6 +14,11 @@ runs the growing path: each step's ``present.*`` OrtValues are fed back as the n
 ``past_key_values.*`` through ``run_with_ort_values`` (never copied through numpy, but reallocated and copied
 whole by the kernel at every step). ``decoder.shares_buffer`` says which.
 
+A prompt longer than ``prefill_chunk`` tokens (:data:`runtimes.onnx_kv.PREFILL_CHUNK`, 256) is fed in consecutive
+runs of that many, each after the keys and values the runs before it wrote: on either KV path, and in ``logits``,
+whose rows are the runs' rows concatenated. The tokenizer is read from tokenizer.json without transformers or
+torch, and only when first asked for (:attr:`OnnxRuntime.tokenizer`).
+
 A folder onnxruntime-genai's model builder wrote (no manifest; ``genai_config.json``, :mod:`runtimes.genai_folder`)
 loads too where its graph takes only the inputs this loop feeds: the same file in both loops.
 """
@@ -28,10 +33,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from compress.errors import ArtifactError, ConfigError, optional_import
+from compress.tokenizer import load_export_tokenizer
 
 from .base import DeviceProfile, Generation, usable_threads
 from .genai_folder import GENAI_CONFIG, GenaiFolder, loop_blocker, read_genai_folder
-from .onnx_kv import SharedKVCache, kv_layout
+from .onnx_kv import PREFILL_CHUNK, SharedKVCache, check_chunk, kv_layout
 from .sizes import onnx_kv_bytes_per_position, onnx_weight_bytes
 
 log = logging.getLogger(__name__)
@@ -99,14 +105,17 @@ class OnnxDecoder:
     """Prefill and decode steps over a decoder session with the ``export-onnx`` inputs and outputs."""
 
     def __init__(self, session, max_length: int | None = None, *, n_ctx: int | None = None,
-                 kv_dims: tuple[int, int] | None = None, share: bool | None = None) -> None:
+                 kv_dims: tuple[int, int] | None = None, share: bool | None = None,
+                 prefill_chunk: int | None = PREFILL_CHUNK) -> None:
         """``kv_dims`` (kv_heads, head_size) and ``share``: what a folder says beside a graph that leaves them
-        out (:func:`runtimes.onnx_kv.kv_layout`)."""
+        out (:func:`runtimes.onnx_kv.kv_layout`). ``prefill_chunk``: the most tokens one run of the session takes
+        (0: a prompt in one run, the memory of its whole length at once)."""
         ort = self._ort = _ort()
         self.session = session
         self.provider = session_provider(session)
         self.max_length = max_length  # positions the graph's rotary tables cover
         self.n_ctx = n_ctx  # the shared buffer's length when a generation needs less (as llama.cpp's n_ctx)
+        self.prefill_chunk = check_chunk(prefill_chunk)
         self.layout = kv_layout(session, dims=kv_dims, share=share)
         self.past_names = list(self.layout.past_names)
         self.present_names = list(self.layout.present_names)
@@ -127,7 +136,7 @@ class OnnxDecoder:
         if self.max_length is not None:
             capacity = min(capacity, self.max_length)
         self.kv_allocations += 1
-        return SharedKVCache(self.session, self.layout, capacity)
+        return SharedKVCache(self.session, self.layout, capacity, chunk=self.prefill_chunk)
 
     def _check_length(self, total: int) -> None:
         if self.max_length is not None and total > self.max_length:
@@ -139,8 +148,30 @@ class OnnxDecoder:
         return cache.feed(ids)
 
     def run(self, ids: Sequence[int], past: dict[str, Any] | None, past_len: int, keep: int) -> tuple[np.ndarray, dict]:
-        """One forward pass of ``ids`` after ``past_len`` cached positions: (logits [n, vocab], present)."""
+        """A forward pass of ``ids`` after ``past_len`` cached positions (the growing cache), in runs of at most
+        ``prefill_chunk`` tokens: (logits of the last ``keep`` positions, every one for 0, [keep, vocab]; present).
+
+        A run whose positions are not among the last ``keep`` asks for one row and drops it; the rows of the others
+        are concatenated in order, so ``keep=0`` gives the same [n, vocab] as one run (within float rounding: a
+        run after a cache sums attention in another order)."""
+        ids = list(ids)
         self._check_length(past_len + len(ids))
+        n, step = len(ids), self.prefill_chunk or len(ids)
+        want = n if keep <= 0 else min(keep, n)
+        rows = []
+        for start in range(0, n, step):
+            piece = ids[start:start + step]
+            need = min(len(piece), want - (n - start - len(piece)))  # this run's rows among the last `want`
+            # 0: every position of the run (as one whole-prompt run asked before chunking); 1 where none is kept
+            logits, past = self._run_once(piece, past, past_len + start, 0 if need >= len(piece) else max(need, 1))
+            if need > 0:
+                rows.append(logits[-need:])
+        return (rows[0] if len(rows) == 1 else np.concatenate(rows)), past
+
+    def _run_once(self, ids: list[int], past: dict[str, Any] | None, past_len: int,
+                  keep: int) -> tuple[np.ndarray, dict]:
+        """One run of the session: the last ``keep`` positions' logits, every one for 0 (:meth:`run` checked the
+        length)."""
         value = self._ort.OrtValue.ortvalue_from_numpy
         feed = {"input_ids": value(np.asarray([ids], dtype=np.int64)),
                 "attention_mask": value(np.ones((1, past_len + len(ids)), dtype=np.int64))}
@@ -208,7 +239,8 @@ class OnnxRuntime:
 
     def __init__(self) -> None:
         self.decoder: OnnxDecoder | None = None
-        self.tokenizer: Any = None
+        self._tokenizer: Any = None
+        self._tokenizer_folder: Path | None = None  # read from here on first use of ``tokenizer``
         self.manifest: Any = None
         self.path: Path | None = None
 
@@ -218,8 +250,8 @@ class OnnxRuntime:
         manifest's choice, ``model.onnx``), or a folder onnxruntime-genai's model builder wrote whose graph takes
         only our loop's inputs. The export fixed its length (``max_length``, checked per call); ``n_ctx`` sizes the
         shared KV buffer each generation allocates (at least what it needs), as llama.cpp's context does, so both
-        hold the same cache; no load-time checks (``verify``). ``tokenizer=False`` leaves ``self.tokenizer`` unset:
-        transformers' AutoTokenizer costs seconds and imports torch, which a caller with its own (chat) need not pay."""
+        hold the same cache; no load-time checks (``verify``). ``tokenizer=False`` leaves ``self.tokenizer`` None
+        (a caller with its own, as chat); else it is read when first asked for (:attr:`tokenizer`)."""
         from compress.manifest import MANIFEST, read_manifest
 
         folder = Path(artifact)
@@ -235,10 +267,21 @@ class OnnxRuntime:
                 raise ArtifactError(f"{self.path}: missing from the ONNX export")
             self.decoder = OnnxDecoder(make_session(self.path, profile.threads), self.manifest.report.get("max_length"),
                                        n_ctx=n_ctx)
-        if tokenizer:
-            from transformers import AutoTokenizer
+        self._tokenizer, self._tokenizer_folder = None, folder if tokenizer else None
 
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    @property
+    def tokenizer(self):
+        """The folder's tokenizer (:func:`compress.tokenizer.load_export_tokenizer`: tokenizer.json through the
+        ``tokenizers`` library, no torch), read on first use. Not at load: the harness passes token ids, and
+        reading Gemma3's 33 MB tokenizer.json raises the process's peak by 356 MiB (94 stay resident); a bench
+        row measures the runtime, not a tokenizer it never uses."""
+        if self._tokenizer is None and self._tokenizer_folder is not None:
+            self._tokenizer = load_export_tokenizer(self._tokenizer_folder)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer, self._tokenizer_folder = value, None
 
     def _load_genai_folder(self, g: GenaiFolder, profile: DeviceProfile, n_ctx: int | None,
                            model_file: str | None) -> None:

@@ -25,9 +25,9 @@ import numpy as np
 from runtimes.base import common_prefix
 
 from ..errors import ArtifactError
+from ..tokenizer import generation_eos, load_export_tokenizer
 from .config import ChatConfig
 from .template import ChatTemplate
-from .tokenizer import generation_eos, load_export_tokenizer
 
 # end-of-turn markers of common chat templates; each one counts only if it is a single token
 END_MARKERS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>")
@@ -218,7 +218,7 @@ class OnnxBackend:
         self.last = TurnStats()
 
     def encode(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)  # BOS below, unless the template wrote it
         if self.add_bos and not prompt.startswith(self.bos_text or "\0"):
             ids = [self.tokenizer.bos_token_id] + ids
         return ids
