@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .data import CHECK_TOKENS, check_ids
-from .errors import ImportMismatchError, MissingBackendError, ModelLoadError
+from . import logits
+from .errors import ImportMismatchError, ModelLoadError, optional_import
 from .logits import token_nll
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,7 @@ def torch_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def llamacpp_logits(gguf: Path, ids: list[int], threads: int = 2) -> np.ndarray:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise MissingBackendError("the import check needs llama.cpp: pip install llama-cpp-python") from None
+    Llama = optional_import("llama_cpp", "the import check needs llama.cpp", "llama-cpp-python").Llama
     llm = Llama(model_path=str(gguf), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)), logits_all=True,
                 n_threads=threads, verbose=False)
     try:
@@ -209,9 +207,9 @@ def compare(model, tokenizer, gguf: Path, *, n_tokens: int = CHECK_TOKENS,
     l_logits = llamacpp_logits(gguf, ids)
     ppl_t = float(math.exp(token_nll(t_logits, ids).mean()))
     ppl_l = float(math.exp(token_nll(l_logits, ids).mean()))
-    agree = float((t_logits[:-1].argmax(-1) == l_logits[:-1].argmax(-1)).mean())
+    c = logits.compare(t_logits[:-1], l_logits[:-1])
     report = {"check_ids": ids, "llamacpp_perplexity": ppl_l, "torch_perplexity": ppl_t,
-              "top1_agreement": agree, "tolerance": tolerance}
+              "top1_agreement": c.top1_agreement, "kl_mean": c.kl_mean, "tolerance": tolerance}
     verify_against(report, ppl_t, where=str(gguf))
     return report
 
