@@ -197,3 +197,16 @@ def prune_tiny(src: Path, out: Path, *, keep_layers: list[int], n_ff: int, keep_
             shutil.copy(f, out / f.name)
     return out
 
+
+
+def without_kv_declaration(folder: Path, dst: Path, key: str) -> Path:
+    """``folder``'s model.onnx saved to ``dst`` without the metadata entry ``key`` that declares the shared
+    KV buffer: the graph as exported before the buffer was shared (the runtime's growing-cache path)."""
+    import onnx
+
+    m = onnx.load(str(folder / "model.onnx"))
+    props = [p for p in m.metadata_props if p.key != key]
+    del m.metadata_props[:]
+    m.metadata_props.extend(props)
+    onnx.save(m, str(dst / "model.onnx"))
+    return dst / "model.onnx"

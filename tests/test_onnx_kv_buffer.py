@@ -17,6 +17,7 @@ import onnx
 import onnxruntime
 import pytest
 
+from artifact_fixtures import without_kv_declaration
 from compress.errors import ConfigError
 from compress.manifest import read_manifest
 from compress.tiny import save_tiny
@@ -135,12 +136,8 @@ def test_a_cache_refuses_to_overflow_and_truncates_to_a_common_prefix():
 
 def test_a_graph_without_the_declaration_runs_the_growing_path_with_the_same_tokens(tmp_path):
     folder = _export("llama")
-    m = onnx.load(str(folder / "model.onnx"))
-    props = [p for p in m.metadata_props if p.key != KV_META]
-    del m.metadata_props[:]
-    m.metadata_props.extend(props)
-    onnx.save(m, str(tmp_path / "model.onnx"))  # as exported before the buffer was shared
-    decoder = OnnxDecoder(make_session(tmp_path / "model.onnx", threads=1), 96)
+    model = without_kv_declaration(folder, tmp_path, KV_META)  # as exported before the buffer was shared
+    decoder = OnnxDecoder(make_session(model, threads=1), 96)
     assert not decoder.shares_buffer
     got = decoder.generate(PROMPT, NEW)
     assert got.new_ids == _torch("llama")[0] and decoder.kv_allocations == 0

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
+from artifact_fixtures import without_kv_declaration
 from compress.errors import ConfigError
 from compress.manifest import read_manifest
 from compress.tiny import save_tiny
@@ -112,12 +112,8 @@ def test_logits_of_a_long_prompt_are_every_runs_rows_concatenated(arch, monkeypa
 
 def test_the_growing_cache_prefills_in_runs_too_with_the_same_greedy_tokens(tmp_path, monkeypatch):
     folder = _export("llama")
-    m = onnx.load(str(folder / "model.onnx"))
-    props = [p for p in m.metadata_props if p.key != KV_META]
-    del m.metadata_props[:]
-    m.metadata_props.extend(props)
-    onnx.save(m, str(tmp_path / "model.onnx"))  # as exported before the buffer was shared
-    decoder = OnnxDecoder(make_session(tmp_path / "model.onnx", threads=1), 336)
+    model = without_kv_declaration(folder, tmp_path, KV_META)  # as exported before the buffer was shared
+    decoder = OnnxDecoder(make_session(model, threads=1), 336)
     assert not decoder.shares_buffer
     lengths = _run_lengths(decoder, monkeypatch)
     assert decoder.generate(PROMPT, NEW).new_ids == _torch("llama")[0]
