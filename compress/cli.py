@@ -171,8 +171,8 @@ def _print_eval(p: dict[str, Any]) -> None:
 @app.command()
 def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
          as_json: bool = typer.Option(False, "--json", help="Print the raw manifest.")) -> None:
-    """Print an artifact's manifest."""
-    from .manifest import read_manifest
+    """Print an artifact's manifest, and the chain of artifacts it was made from."""
+    from .manifest import lineage, read_manifest
 
     m = read_manifest(artifact)
     if as_json:
@@ -187,6 +187,8 @@ def info(artifact: Path = typer.Argument(..., help="An artifact directory."),
     t.add_row("config", json.dumps(m.config))
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     t.add_row("files", f"{len(m.files)} files, {sum(m.files.values()) / 1e6:.1f} MB")
+    t.add_row("chain", "\n".join(f"{'<- ' if i else ''}{c['stage']} {c['content_id']}  {c['path']}"
+                                  for i, c in enumerate(lineage(artifact))))
     for k, v in m.report.items():
         if k != "check_ids":
             t.add_row(f"report.{k}", json.dumps(v) if not isinstance(v, str) else v)

@@ -324,3 +324,20 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def lineage(path: str | Path, *, limit: int = 32) -> list[dict[str, Any]]:
+    """The chain an artifact was made from, itself first: each link's path, stage, content id and input id,
+    following ``report.input`` while it names an artifact of ours; the last link is the model or file
+    that started it (``stage: "model"``, its id the first artifact's input id). ``compress info`` prints it,
+    so a user can see which upstream content an id stands for."""
+    chain: list[dict[str, Any]] = []
+    p: Path | None = Path(path)
+    while p is not None and len(chain) < limit:
+        m = read_manifest(p, check_files=False)
+        chain.append({"path": str(p), "stage": m.stage, "content_id": m.content_id, "input_id": m.input_id})
+        src = m.report.get("input")
+        p = Path(src) if isinstance(src, str) and (Path(src) / MANIFEST).is_file() else None
+        if p is None and isinstance(src, str):
+            chain.append({"path": src, "stage": "model", "content_id": m.input_id, "input_id": None})
+    return chain

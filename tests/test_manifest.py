@@ -271,3 +271,21 @@ def test_writer_refuses_a_gguf_with_non_finite_float_tensors(tmp_path, bad):
         with ArtifactWriter(out, stage="test", config=EvalConfig(), input_id=None) as art:
             write(art.path / "model.F32.gguf")
     assert _entries(tmp_path) == []
+
+
+def test_info_shows_the_chain_an_artifact_was_made_from(tmp_path, run_cli):
+    """export <- quantize <- the model: each link's stage and content id, from the manifests' inputs."""
+    from compress.manifest import lineage
+
+    with ArtifactWriter(tmp_path / "q", stage="test", config=EvalConfig(), input_id="model-id-1") as a:
+        a.report["input"] = "my-model"
+    with ArtifactWriter(tmp_path / "e", stage="test", config=EvalConfig(window=256, stride=256),
+                        input_id=a.content_id) as b:
+        b.report["input"] = str(tmp_path / "q")
+    chain = lineage(tmp_path / "e")
+    assert [(c["stage"], c["content_id"]) for c in chain] == [("test", b.content_id), ("test", a.content_id),
+                                                              ("model", "model-id-1")]
+    assert chain[-1]["path"] == "my-model" and chain[0]["input_id"] == chain[1]["content_id"]
+    rc, out, err = run_cli("info", tmp_path / "e")
+    assert rc == 0, err
+    assert "chain" in out and "<- model model-id-1" in out
