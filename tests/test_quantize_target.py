@@ -111,6 +111,8 @@ def test_budget_counts_each_format_s_own_sizes():
     assert tg.cost_bits(None, 5, 32, False, 576) == 5 + 24 / 32  # the artifact's grid: fp16 scale + uint8 zero
     assert tg.cost_bits("onnx", 5, 32, True, 576) == 8 + 32 / 32 + 8 / 32  # 8-bit storage with zero points
     assert tg.cost_bits("both", 5, 32, True, 576) == tg.cost_bits("onnx", 5, 32, True, 576)
+    # a layer the budget keeps in float: F16 in GGUF, a float32 MatMul in ONNX (what the export writes)
+    assert tg.cost_bits("gguf", 16, 32, True, 576) == 16.0 and tg.cost_bits("onnx", 16, 32, True, 576) == 32.0
     assert tg.onnx_nbits(4, 0, True, 576) == (4, 64)  # per channel 576 -> nine 64-blocks
     assert tg.gguf_type(8, 0, True, 1536) == "Q8_0" and tg.gguf_type(8, 0, True, 80) is None
 

@@ -21,7 +21,7 @@ from typing import Literal, Optional
 Target = Literal["gguf", "onnx", "both"]
 TARGETS: tuple[str, ...] = ("gguf", "onnx", "both")
 GGUF_BLOCK = 32
-FLOAT = 16  # the menu's "keep in float" entry: F16 in GGUF, a float MatMul in ONNX
+FLOAT = 16  # the menu's "keep in float" entry: F16 in GGUF, a float32 MatMul in ONNX (32 bits a weight)
 
 _GGUF = {(4, True): "Q4_0", (4, False): "Q4_1", (5, True): "Q5_0", (5, False): "Q5_1", (8, True): "Q8_0"}
 # bits per weight of each GGUF type: the block's integers plus fp16 d (and fp16 m for the _1 types) per 32
@@ -95,13 +95,16 @@ def carried(target: Optional[str], bits: int, group: int, symmetric: bool, width
 def bits_per_weight(fmt: Optional[str], bits: int, group: int, symmetric: bool, width: int) -> float:
     """Stored bits per weight, scales and zero points included.
 
-    ``fmt`` None: the grid's own cost, ``bits + (16 + 8 if asymmetric) / group`` (fp16 scale, uint8 zero).
+    ``fmt`` None: the grid's own cost, ``bits + (16 + 8 if asymmetric) / group`` (fp16 scale, uint8 zero);
+    the float entry costs 16 (fp16), except in ONNX, whose export keeps float layers in float32.
     ``gguf``: the block type's (Q4_0 4.5 ... Q8_0 8.5; Q4_1/Q5_1 carry an fp16 ``m`` per 32 values).
     ``onnx``: MatMulNBits storage (5-bit costs 8), float32 scales per block, packed zero points unless the
     default (symmetric 4- and 8-bit).
     """
     if bits == FLOAT:
-        return 16.0
+        # the ONNX export keeps a float layer of a quantized artifact as a float32 MatMul (precision auto):
+        # counted at 16 bits, a Gemma3 ONNX budget of 6.9 bits made a 7.35-bit file (35 float layers)
+        return 32.0 if fmt == "onnx" else 16.0
     g = _group(group, width)
     if fmt is None:
         return bits + (16 + (0 if symmetric else 8)) / g
