@@ -210,3 +210,14 @@ def without_kv_declaration(folder: Path, dst: Path, key: str) -> Path:
     m.metadata_props.extend(props)
     onnx.save(m, str(dst / "model.onnx"))
     return dst / "model.onnx"
+
+
+def torch_greedy(src: Path, prompt: list[int], new: int):
+    """(greedy new ids, every position's logits of prompt + those ids) of the model folder ``src`` in the
+    PyTorch runtime, one thread: the reference the ONNX KV-path tests compare with."""
+    from runtimes import DeviceProfile, get_runtime
+
+    rt = get_runtime("pytorch")
+    rt.load(src, DeviceProfile(threads=1))
+    want = rt.generate(prompt, new).new_ids
+    return want, rt.logits(prompt + want)

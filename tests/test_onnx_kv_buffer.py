@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 import pytest
 
-from artifact_fixtures import without_kv_declaration
+from artifact_fixtures import torch_greedy, without_kv_declaration
 from compress.errors import ConfigError
 from compress.manifest import read_manifest
 from compress.tiny import save_tiny
@@ -49,10 +49,7 @@ def _export(arch: str, kv_dtype: str = "float32") -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _torch(arch: str):
-    rt = get_runtime("pytorch")
-    rt.load(_src(arch), DeviceProfile(threads=1))
-    want = rt.generate(PROMPT, NEW).new_ids
-    return want, rt.logits(PROMPT + want)  # every position's logits of the whole greedy sequence
+    return torch_greedy(_src(arch), PROMPT, NEW)
 
 
 def _decoder(folder: Path, name: str = "model.onnx", **kw) -> OnnxDecoder:

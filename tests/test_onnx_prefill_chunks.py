@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from artifact_fixtures import without_kv_declaration
+from artifact_fixtures import torch_greedy, without_kv_declaration
 from compress.errors import ConfigError
 from compress.manifest import read_manifest
 from compress.tiny import save_tiny
 from export.onnx import OnnxConfig, export_onnx
-from runtimes import DeviceProfile, get_runtime
 from runtimes.onnx_kv import KV_META, PREFILL_CHUNK
 from runtimes.onnx_runtime import OnnxDecoder, make_session
 
@@ -43,10 +42,7 @@ def _export(arch: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _torch(arch: str):
-    rt = get_runtime("pytorch")
-    rt.load(_src(arch), DeviceProfile(threads=1))
-    want = rt.generate(PROMPT, NEW).new_ids
-    return want, rt.logits(PROMPT + want)  # every position's logits of the whole greedy sequence
+    return torch_greedy(_src(arch), PROMPT, NEW)
 
 
 def _decoder(arch: str, **kw) -> OnnxDecoder:
