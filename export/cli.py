@@ -68,6 +68,9 @@ def register(app: typer.Typer) -> None:
         ort_format: bool = typer.Option(False, "--ort-format", help="ONNX: also write onnxruntime's mobile .ort."),
         kv_dtype: Optional[str] = typer.Option(None, help="ONNX: element type of the KV cache, float32 (default) or "
                                                           "float16 (half the cache's memory, slower attention on CPU)."),
+        scale_type: Optional[str] = typer.Option(None, help="ONNX: MatMulNBits scales of the artifact's integers, "
+                                                            "auto (default: float16 where the activations allow), "
+                                                            "float16 or float32."),
         imatrix_tokens: Optional[int] = typer.Option(None, help="k-quants: calibration tokens for an importance "
                                                                  "matrix (0 = none)."),
         config: Optional[Path] = typer.Option(None, help="Stage config file (YAML); options override it."),
@@ -82,7 +85,8 @@ def register(app: typer.Typer) -> None:
         options = {"qtype": qtype, "embeddings": embeddings, "check_tokens": check_tokens,
                    "imatrix_tokens": imatrix_tokens, "requantize": requantize or None}
         onnx_only = {"accuracy_level": accuracy_level, "block_size": block_size, "lm_head": lm_head,
-                     "max_length": max_length, "ort_format": ort_format or None, "kv_dtype": kv_dtype}
+                     "max_length": max_length, "ort_format": ort_format or None, "kv_dtype": kv_dtype,
+                     "scale_type": scale_type}
         options.update({k: v for k, v in onnx_only.items() if v is not None})  # gguf never sees them unasked
         if float_type is not None:  # GGUF only: onnx never sees it unasked
             options["float_type"] = float_type

@@ -23,7 +23,7 @@ out = Console()
 _FIELDS = {"qtype": "precision", "embeddings": "embeddings", "check_tokens": "check_tokens",
            "accuracy_level": "accuracy_level", "block_size": "block_size", "lm_head": "lm_head",
            "max_length": "max_length", "ort_format": "ort_format", "requantize": "requantize",
-           "kv_dtype": "kv_dtype"}
+           "kv_dtype": "kv_dtype", "scale_type": "scale_type"}
 
 
 def run(req) -> None:

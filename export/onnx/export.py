@@ -38,6 +38,7 @@ from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
 from .levels import (LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels,
                      slow_float_nodes)
+from .scales import SAFE_MAX, activation_ranges, half_scale_nodes, half_scales
 from .validate import check_ids, problems, reference_logits, score, validate_onnx
 from .weights import open_weights
 
@@ -74,11 +75,14 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                             inputs=[artifact]) as art:
             # PyTorch's side of the check comes first: its model is freed once its weights are in the graph
             reference = reference_logits(lm.model, lm.tokenizer, cfg.check_tokens)
+            ranges = (activation_ranges(lm.model, check_ids(lm.tokenizer, cfg.check_tokens))
+                      if cfg.scale_type == "auto" and plan.integers != "none" else {})
             config, generation_config = lm.model.config, getattr(lm.model, "generation_config", None)
             step("building the graph")
             t0 = time.perf_counter()
             model, weight_map = build_decoder(src, spec, dims, plan, rope_tables(lm.model, dims, length), cfg, config)
             declare_kv(model, cfg.kv_dtype)  # the cache's type, and whether past and present may be one buffer
+            scales = _half_scales(model, weight_map, plan, cfg, ranges)
             # one copy of the model: the PyTorch weights (and src's views of them) go before the graph is
             # serialized and onnxruntime loads it; kept, they stacked 540 MB on SmolLM2's export
             del src
@@ -128,7 +132,7 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 "plan": plan.summary(), "carried": plan.carried(), "accuracy_levels": levels.report(),
                 "ops": _op_counts(target), "export_s": round(export_s, 2),
                 "onnx_bytes": model_bytes(art.path), "validation": figures, "onnxruntime": onnxruntime.__version__,
-                "genai_config": genai_file, "kv_cache": kv, **_input_fields(artifact)}
+                "genai_config": genai_file, "kv_cache": kv, "scales": scales, **_input_fields(artifact)}
             if cfg.ort_format:
                 step("converting to .ort")
                 ort_path = to_ort_format(target, art.path)
@@ -141,6 +145,28 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
                 kv["ort_share_buffer"] = ort_decoder.shares_buffer  # whether the .ort kept the declaration
             art.report.update(report)
     return out_dir / MODEL_FILE
+
+
+def _half_scales(model, weight_map: dict, plan, cfg: OnnxConfig, ranges: dict[str, float]) -> dict[str, Any]:
+    """float16 scales (:mod:`.scales`) on the nodes holding the artifact's integers, as ``scale_type`` says."""
+    nodes = {weight_map[n]["node"] for n, c in plan.linears.items() if c.kind == "nbits"}
+    if plan.head.kind == "nbits":
+        nodes.add("lm_head")
+    if plan.embeddings.kind == "gbq":
+        nodes.add("embed_tokens")
+    if cfg.scale_type == "float32" or not nodes:
+        return {"type": "float32" if nodes else "none", "float16_nodes": 0}
+    kept: dict[str, float] = {}
+    if cfg.scale_type == "auto":
+        safe, kept = half_scale_nodes(model, weight_map, ranges)
+        nodes &= safe
+    done = half_scales(model, nodes)
+    if kept:
+        log.info("export-onnx: %d node(s) keep float32 scales: their activations reached %s on the check tokens "
+                 "(float16 safe to %g)", len(kept), ", ".join(f"{n} {v:.3g}" for n, v in sorted(kept.items())[:3]),
+                 SAFE_MAX)
+    return {"type": cfg.scale_type, "float16_nodes": done["float16"],
+            "float32_kept": {n: float(f"{v:.4g}") for n, v in sorted(kept.items())}}
 
 
 def _check_carry_early(artifact: str | Path, cfg: OnnxConfig) -> None:
