@@ -194,3 +194,15 @@ def test_the_issue_command_makes_a_gguf_exact_mix_within_budget(tiny_llama_dir, 
     assert set(r["budget"]["choice"]) >= {"model.embed_tokens", "lm_head"}
     qf = open_quantized(out)
     assert all(qw.dequantize().shape == qw.shape for qw in qf.quantized_weights())
+
+
+def test_the_budget_is_not_spent_on_upgrades_that_measurably_buy_nothing():
+    # every layer at 5 bits already removes the measurable loss; 8 and 16 bits would buy ~1e-9 each
+    plan = _plan({"a": (64, 64), "b": (64, 64)})
+    table = {n: {"params": 64 * 64, "kl_int4": 1.0, "kl_int5": 1e-9, "kl_int8": 1e-12} for n in plan.targets}
+    cfg = QuantConfig(scheme="int4-gptq", group_size=32, budget_bits=16.0, budget_tables=False)
+    assert allocate(plan, table, cfg) == {"a": 5, "b": 5}  # the rest of the 16-bit budget stays unspent
+    # a gain above the floor is still bought
+    table["b"]["kl_int8"] = 0.0
+    table["b"]["kl_int5"] = 1e-3
+    assert allocate(plan, table, cfg) == {"a": 5, "b": 8}

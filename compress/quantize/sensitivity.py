@@ -35,6 +35,8 @@ from .layers import Plan, Target, decoder_layers, fixed_cost, tensor_cost
 
 log = logging.getLogger(__name__)
 
+# an upgrade must remove at least this fraction of the summed loss with every tensor at the lowest width
+NEGLIGIBLE_GAIN = 1e-4
 INT8_NOISE_RATIO = (15 / 255) ** 2  # int4 -> int8 (kept for readers of version-1 reports)
 
 
@@ -113,7 +115,10 @@ def allocate(plan: Plan, table: dict[str, dict[str, Any]], cfg: QuantConfig) -> 
     """Bits (from ``cfg.menu``; 16 = float) per analysed tensor minimizing the summed estimated KL with
     the average cost (targets.cost_bits, fixed-precision tables included) within ``cfg.budget_bits``.
 
-    Greedy: repeatedly take the upgrade with the largest loss reduction per extra bit that still fits.
+    Greedy: repeatedly take the upgrade with the largest loss reduction per extra bit that still fits,
+    ignoring upgrades that remove less than :data:`NEGLIGIBLE_GAIN` of the all-lowest-width loss: once every
+    layer is where it measurably matters, the rest of the budget stays unspent (a smaller file) instead of
+    lifting layers 8 -> 16 bits for ~1e-6 KL each (Gemma3 at 7.0 bits: 45 F16 linears, ~35 MB, for nothing).
     """
     names = [n for n in table if n in plan.targets and plan.targets[n].choose]
     menu = cfg.menu
@@ -133,12 +138,15 @@ def allocate(plan: Plan, table: dict[str, dict[str, Any]], cfg: QuantConfig) -> 
         raise ConfigError(f"quantize.budget_bits: {cfg.budget_bits} is below the {spent / total_params:.3f} "
                           f"bits/weight that int{low} on every layer already costs (scales included)")
     choice = {n: low for n in names}
+    floor = NEGLIGIBLE_GAIN * sum(loss[n][low] for n in names)
     while True:
         best: tuple[float, str, int] | None = None
         for n in names:
             cur = choice[n]
             for nxt in (b for b in menu if b > cur):
                 extra = cost[n][nxt] - cost[n][cur]
+                if loss[n][cur] - loss[n][nxt] < floor:
+                    continue
                 gain = (loss[n][cur] - loss[n][nxt]) / max(extra, 1e-9)
                 if spent + extra <= budget and (best is None or gain > best[0]):
                     best = (gain, n, nxt)
@@ -147,7 +155,8 @@ def allocate(plan: Plan, table: dict[str, dict[str, Any]], cfg: QuantConfig) -> 
         _, n, nxt = best
         spent += cost[n][nxt] - cost[n][choice[n]]
         choice[n] = nxt
-    log.info("budget %.2f bits/weight: %.3f used", cfg.budget_bits, spent / total_params)
+    log.info("budget %.2f bits/weight: %.3f used (upgrades worth less than %.2g KL each not bought)",
+             cfg.budget_bits, spent / total_params, floor)
     return choice
 
 
