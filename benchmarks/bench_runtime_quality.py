@@ -354,7 +354,7 @@ def artifact_row(model: str, spec: str) -> Row:
                    extra={"types": types, "config": m.config})
     if m.stage == "export-onnx":
         f = p / m.report.get("model_file", "model.onnx")
-        notes = ", ".join(f"{k}={m.config[k]}" for k in ("precision", "block_size", "accuracy_level") if k in m.config)
+        notes = _onnx_notes(m)
         if q:  # the export carries the artifact's own groups (issue #12)
             grid = _grid_from_quant(model, q)
         elif str(m.config.get("precision", "")).startswith("int"):  # onnxruntime's own MatMulNBits blocks
@@ -369,6 +369,25 @@ def artifact_row(model: str, spec: str) -> Row:
     grid = _grid_from_quant(model, q) if q else grid_note(model, float_kept=True)
     return Row(label or f"ours: {p.name}", "pytorch", files, grid, f"{m.stage} artifact {p}", "", load=str(p),
                extra={"config": m.config})
+
+
+def _onnx_notes(m) -> str:
+    """What an ONNX export holds, from its manifest: MatMulNBits per width, the table, the scales' type
+    (``block_size`` only where the export rounded weights itself: a quantized artifact keeps its own groups)."""
+    plan, r = m.report.get("plan") or {}, m.report
+    parts = [f"{k.replace('nbits-', 'MatMulNBits ')} x{v}" for k, v in sorted((plan.get("linears") or {}).items())]
+    if plan.get("embeddings"):
+        parts.append(f"table {plan['embeddings']}" + (" (tied, stored once)" if plan.get("shared_embeddings") else ""))
+    scales = r.get("scales") or {}
+    if scales.get("float16_nodes"):
+        parts.append(f"float16 scales on {scales['float16_nodes']} nodes")
+    elif plan.get("integers") not in (None, "none"):
+        parts.append("float32 scales")
+    if plan.get("integers") in ("onnxruntime", "requantized"):
+        parts.append(f"block_size={m.config.get('block_size')}")
+    if not parts:  # a manifest from before the plan was recorded
+        parts = [f"{k}={m.config[k]}" for k in ("precision", "block_size", "accuracy_level") if k in m.config]
+    return ", ".join(parts)
 
 
 def _quant_config(source: str | None) -> dict | None:
