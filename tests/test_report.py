@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from compress.harness import write_report
-from compress.harness.report import pareto
+from compress.harness.tables import pareto
 from compress.manifest import read_manifest
 from test_bench import latency_run
 
@@ -45,3 +45,20 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto(xs, ys, higher_x_better=False) == {0, 1, 3}
     # (decode tok/s, ppl ratio): higher x better
     assert pareto([10, 50, 40], [1.0, 1.1, 1.2], higher_x_better=True) == {0, 1}
+
+
+def test_front_table_names_what_dominates_a_file_on_size_and_each_quality_measure():
+    from compress.harness.tables import front_table
+
+    def row(label, runtime, mb, ppl, kl):
+        return {"label": label, "runtime": runtime, "file_mb": mb, "perplexity_ratio": ppl, "kl": kl}
+
+    rows = [row("ours-gguf", "llama.cpp", 90.0, 1.017, 0.033), row("ours-onnx", "onnxruntime", 91.0, 1.05, 0.079),
+            row("Q4_K_M", "llama.cpp", 100.6, 1.011, 0.036), row("Q4_0", "llama.cpp", 87.5, 1.238, 0.303)]
+    cols, body = front_table(rows)
+    got = {line[0]: (line[5], line[6]) for line in body}
+    assert got["ours-gguf"] == ("yes", "yes") and got["Q4_0"] == ("yes", "yes")
+    assert got["Q4_K_M"] == ("yes", "no: ours-gguf (llama.cpp) is 90.0 MB at 0.0330")  # better ppl, worse KL
+    assert got["ours-onnx"][1] == "no: ours-gguf (llama.cpp) is 90.0 MB at 0.0330"
+    assert all("_front" not in r for r in rows)  # the rows are left as they were
+    assert front_table(rows[:1]) is None

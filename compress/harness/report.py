@@ -18,7 +18,7 @@ from typing import Any
 from compress.manifest import read_manifest
 
 from .runner import read_rows
-from .tables import accuracy_table, budget_table, disagreement_table, latency_table
+from .tables import accuracy_table, budget_table, disagreement_table, front_table, latency_table, pareto
 
 REPORT_DIR = "report"
 
@@ -34,6 +34,8 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     for name, plot in plots(rows, out).items():
         paths[name] = plot
     tables = [("Accuracy: every runtime against the reference on the same tokens", accuracy_table(rows)),
+              ("Quality vs size: which files are on the Pareto front (no other file is as small and as good)",
+               front_table(rows)),
               ("Finding: runtimes disagree on the same artifact (itself and its exports)", disagreement_table(rows)),
               ("Latency, memory and roofline", latency_table(rows)),
               (f"Budgets of profile {rows[0]['profile']!r}", budget_table(rows, meta.report.get("profile", {})))]
@@ -135,19 +137,6 @@ def quality_figure(rows: list[dict[str, Any]], name: str):
     fig.tight_layout()
     labels = place_labels(ax, xs, ys, [f"{r['label']} ({r['runtime']})" for r in pts], avoid=[legend])
     return fig, labels
-
-
-def pareto(xs: list[float], ys: list[float], higher_x_better: bool) -> set[int]:
-    """Indices no other point beats on both axes (lower y always better; x lower or higher as told)."""
-    sign = -1 if higher_x_better else 1
-    front = set()
-    for i in range(len(xs)):
-        xi, yi = sign * xs[i], ys[i]
-        dominated = any(sign * xs[j] <= xi and ys[j] <= yi and (sign * xs[j] < xi or ys[j] < yi)
-                        for j in range(len(xs)) if j != i)
-        if not dominated:
-            front.add(i)
-    return front
 
 
 def _html(title: str, head: list[str], tables, pngs: dict[str, Path]) -> str:

@@ -147,3 +147,43 @@ def disagreement_table(rows: list[dict[str, Any]], tol: float = DISAGREE_PPL) ->
     if not body:
         return None
     return ["artifact", "runtime", "perplexity", "median of the group", "gap", "finding"], body
+
+
+def pareto(xs: list[float], ys: list[float], higher_x_better: bool) -> set[int]:
+    """Indices no other point beats on both axes (lower y always better; x lower or higher as told)."""
+    sign = -1 if higher_x_better else 1
+    front = set()
+    for i in range(len(xs)):
+        xi, yi = sign * xs[i], ys[i]
+        dominated = any(sign * xs[j] <= xi and ys[j] <= yi and (sign * xs[j] < xi or ys[j] < yi)
+                        for j in range(len(xs)) if j != i)
+        if not dominated:
+            front.add(i)
+    return front
+
+
+def front_table(rows: list[dict[str, Any]]) -> Table | None:
+    """Each scored file against every other on (file size, perplexity ratio) and (file size, KL): on the
+    front, or the smallest file that is at least as small and as good (across runtimes: what a user can ship
+    instead). The quality-vs-size plot draws the first; KL is the finer measure of the same loss."""
+    rows = [r for r in rows if r.get("perplexity_ratio") is not None and r.get("file_mb") is not None]
+    if len(rows) < 2:
+        return None
+    cols = ["artifact", "runtime", "size MB", "ppl ratio", "KL", "front (size, ppl ratio)", "front (size, KL)"]
+    body = []
+    for metric in ("perplexity_ratio", "kl"):
+        pts = [r for r in rows if r.get(metric) is not None]
+        front = pareto([r["file_mb"] for r in pts], [r[metric] for r in pts], higher_x_better=False)
+        for i, r in enumerate(pts):
+            r.setdefault("_front", {})[metric] = "yes" if i in front else _dominated_by(r, pts, metric)
+    for r in rows:
+        f = r.pop("_front", {})
+        body.append([r["label"], _rt(r), _f(r["file_mb"], ".1f"), _f(r["perplexity_ratio"], ".4f"),
+                     _f(r.get("kl"), ".4f"), f.get("perplexity_ratio", "-"), f.get("kl", "-")])
+    return cols, body
+
+
+def _dominated_by(r: dict[str, Any], pts: list[dict[str, Any]], metric: str) -> str:
+    better = [o for o in pts if o is not r and o["file_mb"] <= r["file_mb"] and o[metric] <= r[metric]]
+    best = min(better, key=lambda o: (o["file_mb"], o[metric]))
+    return f"no: {best['label']} ({_rt(best)}) is {best['file_mb']:.1f} MB at {best[metric]:.4f}"
