@@ -10,8 +10,8 @@ are float16 values already (compress/quantize/FORMAT.md), so storing them as flo
 node then runs with float16 activations: a Cast of its input to float16 (one per distinct input, shared by
 q/k/v and gate/up) and of its output back to float32. onnxruntime's CPU kernel widens float16 to float32
 inside, and at accuracy_level 4 it rounds the activations to int8 per block anyway, so the only new rounding
-is of the input and output to float16's 11-bit mantissa (measured: SmolLM2 decode speed unchanged,
-benchmarks/RESULTS.md).
+is of the input and output to float16's 11-bit mantissa. The casts cost a few percent of speed (SmolLM2's
+mixed file: decode 0.96x, prefill 0.97x at one thread; benchmarks/bench_onnx_scales.py).
 
 float16 overflows at 65,504: a node whose input or output reached more than :data:`SAFE_MAX` on the check
 tokens (in PyTorch, before the export) keeps float32 scales. A bias moves out of the node into a float32
