@@ -109,9 +109,9 @@ def test_budget_counts_each_format_s_own_sizes():
     assert tg.cost_bits("gguf", 4, 64, True, 576) == 4.5  # Q4_0, the g64 scale repeated per 32-block
     assert tg.cost_bits("gguf", 5, 32, False, 576) == 6.0  # Q5_1: fp16 d and m per 32 values
     assert tg.cost_bits(None, 5, 32, False, 576) == 5 + 24 / 32  # the artifact's grid: fp16 scale + uint8 zero
-    assert tg.cost_bits("onnx", 5, 32, True, 576) == 8 + 16 / 32 + 8 / 32  # 8-bit storage with zero points
-    # float16 scales (export-onnx scale_type auto): int4 g32 is Q4_0's 4.5 bits, int8 g32 Q8_0's 8.5
-    assert tg.cost_bits("onnx", 4, 32, True, 576) == 4.5 and tg.cost_bits("onnx", 8, 32, True, 576) == 8.5
+    assert tg.cost_bits("onnx", 5, 32, True, 576) == 8 + 32 / 32 + 8 / 32  # 8-bit storage with zero points
+    # export-onnx scale_type auto: float16 scales on 4-bit nodes (int4 g32 is Q4_0's 4.5 bits), float32 on 8-bit
+    assert tg.cost_bits("onnx", 4, 32, True, 576) == 4.5 and tg.cost_bits("onnx", 8, 32, True, 576) == 9.0
     assert tg.cost_bits("both", 5, 32, True, 576) == tg.cost_bits("onnx", 5, 32, True, 576)
     # a layer the budget keeps in float: F16 in GGUF, a float32 MatMul in ONNX (what the export writes)
     assert tg.cost_bits("gguf", 16, 32, True, 576) == 16.0 and tg.cost_bits("onnx", 16, 32, True, 576) == 32.0

@@ -25,9 +25,11 @@ FLOAT = 16  # the menu's "keep in float" entry: F16 in GGUF, a float32 MatMul in
 
 _GGUF = {(4, True): "Q4_0", (4, False): "Q4_1", (5, True): "Q5_0", (5, False): "Q5_1", (8, True): "Q8_0"}
 # bits per weight of each GGUF type: the block's integers plus fp16 d (and fp16 m for the _1 types) per 32
-# MatMulNBits scale width: float16 (export-onnx scale_type auto; a node whose activations would overflow float16
-# keeps float32 and costs 16 more bits a block than counted here, which the export's manifest reports)
-ONNX_SCALE_BITS = 16
+# MatMulNBits scale width per storage bits, as export-onnx's scale_type auto writes them: float16 for 4-bit nodes,
+# float32 for 8-bit ones (float16 activations would cost an int8 node quality; export/onnx/scales.py). A 4-bit node
+# whose activations would overflow float16 keeps float32 and costs 16 bits a block more than counted here, which
+# the export's manifest reports.
+ONNX_SCALE_BITS = {4: 16, 8: 32}
 GGUF_BPW = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5, "F16": 16.0}
 
 
@@ -101,9 +103,9 @@ def bits_per_weight(fmt: Optional[str], bits: int, group: int, symmetric: bool, 
     ``fmt`` None: the grid's own cost, ``bits + (16 + 8 if asymmetric) / group`` (fp16 scale, uint8 zero);
     the float entry costs 16 (fp16), except in ONNX, whose export keeps float layers in float32.
     ``gguf``: the block type's (Q4_0 4.5 ... Q8_0 8.5; Q4_1/Q5_1 carry an fp16 ``m`` per 32 values).
-    ``onnx``: MatMulNBits storage (5-bit costs 8), float16 scales per block (the export's default
-    ``scale_type``: the artifact's scales are float16 values), packed zero points unless the default
-    (symmetric 4- and 8-bit).
+    ``onnx``: MatMulNBits storage (5-bit costs 8), scales per block as the export's default ``scale_type``
+    writes them (float16 for 4-bit, float32 for 8-bit), packed zero points unless the default (symmetric
+    4- and 8-bit).
     """
     if bits == FLOAT:
         # the ONNX export keeps a float layer of a quantized artifact as a float32 MatMul (precision auto):
@@ -122,7 +124,7 @@ def bits_per_weight(fmt: Optional[str], bits: int, group: int, symmetric: bool, 
         raise ValueError(f"int{bits} g{g} has no MatMulNBits block")
     sb, block = nb
     zero_points = not symmetric or bits == 5  # symmetric 5-bit's zero 16 is not MatMulNBits' default 128
-    return sb + ONNX_SCALE_BITS / block + (sb / block if zero_points else 0.0)
+    return sb + ONNX_SCALE_BITS[sb] / block + (sb / block if zero_points else 0.0)
 
 
 def cost_bits(target: Optional[str], bits: int, group: int, symmetric: bool, width: int) -> float:

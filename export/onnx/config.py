@@ -131,9 +131,10 @@ class OnnxConfig(StageConfig):
     scale_type: auto | float32 | float16: the element type of MatMulNBits / GatherBlockQuantized scales that hold
         the artifact's integers. float16 stores the artifact's scales as they are (float16 values: nothing is
         rounded) at half the bytes (int4 block 32: 4.5 bits a weight instead of 5.0; int8 8.5 instead of 9.0), and
-        runs those nodes with float16 activations (a Cast in and out: SmolLM2's decode 0.96x, prefill 0.97x at
-        one thread for a file 8% smaller, :mod:`.scales`). ``auto``: float16 on every node whose activations stayed within float16's
-        safe range on the check tokens (measured in PyTorch), float32 elsewhere; float32: the old files.
+        runs those nodes with float16 activations (a Cast in and out; a few percent of speed, :mod:`.scales`).
+        ``auto``: float16 on every 4-bit node whose activations stayed within float16's safe range on the check
+        tokens (measured in PyTorch); float32 on 8-bit nodes (float16 activations cost an int8 node quality:
+        SmolLM2's int8 file went from KL 0.0082 to 0.0086) and elsewhere. float32: the files before version 4.
     ort_format: also write onnxruntime's mobile ``model.ort`` (where the graph allows).
     check_tokens: token ids scored by both onnxruntime and PyTorch after writing.
     min_top1 / max_kl / max_abs: override the precision's tolerance (None = :data:`TOLERANCES`).

@@ -38,7 +38,7 @@ from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
 from .levels import (LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels,
                      slow_float_nodes)
-from .scales import SAFE_MAX, activation_ranges, half_scale_nodes, half_scales
+from .scales import SAFE_MAX, activation_ranges, half_scale_nodes, half_scales, node_bits
 from .validate import check_ids, problems, reference_logits, score, validate_onnx
 from .weights import open_weights
 
@@ -161,11 +161,13 @@ def _half_scales(model, weight_map: dict, plan, cfg: OnnxConfig, ranges: dict[st
         safe, kept = half_scale_nodes(model, weight_map, ranges)
         nodes &= safe
     done = half_scales(model, nodes)
+    eight = sum(1 for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
+                and n.name not in nodes and node_bits(n) == 8)
     if kept:
         log.info("export-onnx: %d node(s) keep float32 scales: their activations reached %s on the check tokens "
                  "(float16 safe to %g)", len(kept), ", ".join(f"{n} {v:.3g}" for n, v in sorted(kept.items())[:3]),
                  SAFE_MAX)
-    return {"type": cfg.scale_type, "float16_nodes": done["float16"],
+    return {"type": cfg.scale_type, "float16_nodes": done["float16"], "float32_8bit_nodes": eight,
             "float32_kept": {n: float(f"{v:.4g}") for n, v in sorted(kept.items())}}
 
 

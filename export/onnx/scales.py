@@ -13,6 +13,11 @@ inside, and at accuracy_level 4 it rounds the activations to int8 per block anyw
 is of the input and output to float16's 11-bit mantissa. The casts cost a few percent of speed (SmolLM2's
 mixed file: decode 0.96x, prefill 0.97x at one thread; benchmarks/bench_onnx_scales.py).
 
+``auto`` gives float16 to 4-bit nodes only. An 8-bit node's own rounding is about as fine as float16's 11-bit
+mantissa on its output, so there float16 activations add a loss of their own (``make gate`` caught it: SmolLM2's
+all-int8 ONNX file went from KL 0.0082 to 0.0086, perplexity +0.3%) to save 0.5 of 9 bits a weight; a 4-bit node
+saves 0.5 of 5 and its rounding dwarfs float16's. ``float16`` gives it to every node.
+
 float16 overflows at 65,504: a node whose input or output reached more than :data:`SAFE_MAX` on the check
 tokens (in PyTorch, before the export) keeps float32 scales. A bias moves out of the node into a float32
 Add after the cast, so it is not rounded.
@@ -64,9 +69,10 @@ def activation_ranges(model, ids: list[int]) -> dict[str, float]:
     return ranges
 
 
-def half_scale_nodes(model: onnx.ModelProto, weight_map: dict[str, dict], ranges: dict[str, float]
-                     ) -> tuple[set[str], dict[str, float]]:
-    """(nodes whose scales may go to float16, {node: range} of those kept float32 for their range).
+def half_scale_nodes(model: onnx.ModelProto, weight_map: dict[str, dict], ranges: dict[str, float],
+                     bits: tuple[int, ...] = (4,)) -> tuple[set[str], dict[str, float]]:
+    """(nodes whose scales may go to float16, {node: range} of those kept float32 for their range). Only nodes
+    of ``bits`` are candidates (``auto``: 4-bit, see the module docstring).
 
     A node holding several modules (q/k/v side by side) is as safe as its least safe one; a module with no
     measured range (not reached by the forward pass) keeps float32."""
@@ -79,7 +85,7 @@ def half_scale_nodes(model: onnx.ModelProto, weight_map: dict[str, dict], ranges
         per_node["embed_tokens"] = float("inf") if r is None else r
     ok, kept = set(), {}
     for n in model.graph.node:
-        if n.op_type not in _SCALED:
+        if n.op_type not in _SCALED or node_bits(n) not in bits:
             continue
         r = per_node.get(n.name, float("inf"))
         (ok.add(n.name) if r <= SAFE_MAX else kept.__setitem__(n.name, r))
@@ -92,6 +98,11 @@ def half_scale_nodes(model: onnx.ModelProto, weight_map: dict[str, dict], ranges
                     ok.discard(u)
                     kept[u] = per_node.get(u, float("inf"))
     return ok, kept
+
+
+def node_bits(node: onnx.NodeProto) -> int:
+    """The ``bits`` attribute of a MatMulNBits / GatherBlockQuantized node (4 when absent: both ops' default)."""
+    return next((a.i for a in node.attribute if a.name == "bits"), 4)
 
 
 def _scale_users(model: onnx.ModelProto) -> dict[str, list[str]]:
