@@ -11,7 +11,7 @@ node then runs with float16 activations: a Cast of its input to float16 (one per
 q/k/v and gate/up) and of its output back to float32. onnxruntime's CPU kernel widens float16 to float32
 inside, and at accuracy_level 4 it rounds the activations to int8 per block anyway, so the only new rounding
 is of the input and output to float16's 11-bit mantissa. The casts cost a few percent of speed (SmolLM2's
-mixed file: decode 0.96x, prefill 0.97x at one thread; benchmarks/bench_onnx_scales.py).
+mixed file: decode and prefill 0.97x at one thread, 0.94x / 0.96x at two; benchmarks/bench_onnx_scales.py).
 
 ``auto`` gives float16 to 4-bit nodes only. An 8-bit node's own rounding is about as fine as float16's 11-bit
 mantissa on its output, so there float16 activations add a loss of their own (``make gate`` caught it: SmolLM2's
