@@ -551,7 +551,9 @@ def main(argv: list[str] | None = None) -> None:
         if row.source == args.model:  # an export of the float model itself: its PyTorch figure is the reference's
             res.update(torch_perplexity=ref_res["perplexity"], torch_kl=0.0)
         elif row.source:
-            src_key = f"torch|{row.source}"
+            # keyed by the source's files, not its path: a re-made artifact in the same folder is scored again
+            src_files = sorted(Path(row.source).glob("*.safetensors")) if Path(row.source).is_dir() else []
+            src_key = f"torch|{row.source}|{file_identity(src_files)}"
             if src_key not in cache or args.rescore:
                 cache[src_key] = score(load_runtime(Row(row.source, "pytorch", [], "", load=row.source), args.threads),
                                        windows, ref)
