@@ -140,3 +140,31 @@ def test_a_quantize_of_a_gguf_file_is_carried_into_gguf_exactly(f32_gguf, tmp_pa
     assert rc == 0, err
     r = read_manifest(tmp_path / "g").report
     assert r["exactness"]["checked"] > 0 and r["validation"]["top1_agreement"] >= r["validation"]["min_top1"]
+
+
+def test_an_import_that_keeps_perplexity_but_not_the_next_token_is_refused(monkeypatch):
+    # the same probability for every actual next token (so the same perplexity) but another argmax at every
+    # position: a model built wrongly in a way the perplexity check alone passes (a tiny Gemma3 once did, at 41%)
+    import numpy as np
+
+    from compress import gguf_import
+    from compress.errors import ImportMismatchError
+
+    ids = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3]
+    n, vocab = len(ids), 12
+
+    def logits_with_argmax(shift):
+        out = np.full((n, vocab), -4.0, np.float32)
+        for i in range(n - 1):
+            out[i, ids[i + 1]] = 1.0  # the true next token: same logit in both
+            out[i, (ids[i + 1] + shift) % vocab] = 2.0  # the argmax: elsewhere, and not the same in both
+        return out
+
+    monkeypatch.setattr(gguf_import, "check_ids", lambda tok, n_tokens: ids)
+    monkeypatch.setattr(gguf_import, "torch_logits", lambda model, ids: logits_with_argmax(1))
+    monkeypatch.setattr(gguf_import, "llamacpp_logits", lambda path, ids: logits_with_argmax(2))
+    with pytest.raises(ImportMismatchError, match=r"agree on the next token at only 0.0% of 9 positions"):
+        gguf_import.compare(None, None, Path("x.gguf"))
+    # the same arrays on both sides pass
+    monkeypatch.setattr(gguf_import, "llamacpp_logits", lambda path, ids: logits_with_argmax(1))
+    assert gguf_import.compare(None, None, Path("x.gguf"))["top1_agreement"] == 1.0
