@@ -24,12 +24,12 @@ GGUF_BLOCK = 32
 FLOAT = 16  # the menu's "keep in float" entry: F16 in GGUF, a float32 MatMul in ONNX (32 bits a weight)
 
 _GGUF = {(4, True): "Q4_0", (4, False): "Q4_1", (5, True): "Q5_0", (5, False): "Q5_1", (8, True): "Q8_0"}
-# bits per weight of each GGUF type: the block's integers plus fp16 d (and fp16 m for the _1 types) per 32
 # MatMulNBits scale width per storage bits, as export-onnx's scale_type auto writes them: float16 for 4-bit nodes,
 # float32 for 8-bit ones (float16 activations would cost an int8 node quality; export/onnx/scales.py). A 4-bit node
 # whose activations would overflow float16 keeps float32 and costs 16 bits a block more than counted here, which
 # the export's manifest reports.
 ONNX_SCALE_BITS = {4: 16, 8: 32}
+# bits per weight of each GGUF type: the block's integers plus fp16 d (and fp16 m for the _1 types) per 32
 GGUF_BPW = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5, "F16": 16.0}
 
 

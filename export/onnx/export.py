@@ -38,7 +38,7 @@ from .plan import check_carry, make_plan
 from .tools import quantize_int8, rtn_nbits, to_ort_format
 from .levels import (LevelChoice, Measure, choose_levels, fixed_levels, initial_level, nbits_nodes, set_levels,
                      slow_float_nodes)
-from .scales import SAFE_MAX, activation_ranges, half_scale_nodes, half_scales, node_bits
+from .scales import SAFE_MAX, SCALED_OPS, activation_ranges, half_scale_nodes, half_scales, node_bits
 from .validate import check_ids, problems, reference_logits, score, validate_onnx
 from .weights import open_weights
 
@@ -74,9 +74,9 @@ def export_onnx(artifact: str | Path, cfg: OnnxConfig, out_dir: str | Path, *, f
         with ArtifactWriter(out_dir, stage=STAGE, config=cfg, input_id=lm.model_id, force=force,
                             inputs=[artifact]) as art:
             # PyTorch's side of the check comes first: its model is freed once its weights are in the graph
-            reference = reference_logits(lm.model, lm.tokenizer, cfg.check_tokens)
-            ranges = (activation_ranges(lm.model, check_ids(lm.tokenizer, cfg.check_tokens))
-                      if cfg.scale_type == "auto" and plan.integers != "none" else {})
+            # the same pass measures what float16 activations must hold (scale_type auto)
+            with activation_ranges(lm.model, cfg.scale_type == "auto" and plan.integers != "none") as ranges:
+                reference = reference_logits(lm.model, lm.tokenizer, cfg.check_tokens)
             config, generation_config = lm.model.config, getattr(lm.model, "generation_config", None)
             step("building the graph")
             t0 = time.perf_counter()
@@ -161,8 +161,7 @@ def _half_scales(model, weight_map: dict, plan, cfg: OnnxConfig, ranges: dict[st
         safe, kept = half_scale_nodes(model, weight_map, ranges)
         nodes &= safe
     done = half_scales(model, nodes)
-    eight = sum(1 for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
-                and n.name not in nodes and node_bits(n) == 8)
+    eight = sum(1 for n in model.graph.node if n.op_type in SCALED_OPS and n.name not in nodes and node_bits(n) == 8)
     if kept:
         log.info("export-onnx: %d node(s) keep float32 scales: their activations reached %s on the check tokens "
                  "(float16 safe to %g)", len(kept), ", ".join(f"{n} {v:.3g}" for n, v in sorted(kept.items())[:3]),

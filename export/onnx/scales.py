@@ -1,6 +1,7 @@
 """Float16 scales for MatMulNBits / GatherBlockQuantized (``OnnxConfig.scale_type``).
 
-    ranges = activation_ranges(model, ids)              # PyTorch, per linear: max |input|, max |output|
+    with activation_ranges(model) as ranges:            # PyTorch, per linear: max |input|, max |output|
+        reference = reference_logits(model, tokenizer, 64)
     nodes = half_scale_nodes(onnx_model, weight_map, ranges)
     report = half_scales(onnx_model, nodes)             # in place; what the manifest records
 
@@ -25,8 +26,9 @@ Add after the cast, so it is not rounded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -36,12 +38,15 @@ log = logging.getLogger(__name__)
 
 # 1/16 of float16's largest value: activations on other text than the 64 check tokens may run larger
 SAFE_MAX = 4096.0
-_SCALED = {"MatMulNBits": 2, "GatherBlockQuantized": 2}  # op -> index of the scales input
+SCALED_OPS = ("MatMulNBits", "GatherBlockQuantized")
+_SCALES = 2  # the scales' input index in both ops
 
 
-def activation_ranges(model, ids: list[int]) -> dict[str, float]:
-    """max(|input|, |output|) of every nn.Linear (and the token table's output) of a PyTorch model over one
-    forward pass of ``ids``: what a float16 cast of the node's activations must hold."""
+@contextlib.contextmanager
+def activation_ranges(model, enabled: bool = True) -> Iterator[dict[str, float]]:
+    """While open, every forward pass of a PyTorch model records max(|input|, |output|) of each nn.Linear (and
+    the token table's output) into the dict it yields: what a float16 cast of the node's activations must hold.
+    Used around the export's own reference pass, so the check tokens run once. ``enabled`` False: no hooks."""
     import torch
     from torch import nn
 
@@ -57,16 +62,15 @@ def activation_ranges(model, ids: list[int]) -> dict[str, float]:
             ranges[name] = max(ranges.get(name, 0.0), top)
         return hook
 
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            hooks.append(module.register_forward_hook(record(name)))
+    if enabled:
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                hooks.append(module.register_forward_hook(record(name)))
     try:
-        with torch.inference_mode():
-            model(torch.tensor([ids]), use_cache=False)
+        yield ranges
     finally:
         for h in hooks:
             h.remove()
-    return ranges
 
 
 def half_scale_nodes(model: onnx.ModelProto, weight_map: dict[str, dict], ranges: dict[str, float],
@@ -85,7 +89,7 @@ def half_scale_nodes(model: onnx.ModelProto, weight_map: dict[str, dict], ranges
         per_node["embed_tokens"] = float("inf") if r is None else r
     ok, kept = set(), {}
     for n in model.graph.node:
-        if n.op_type not in _SCALED or node_bits(n) not in bits:
+        if n.op_type not in SCALED_OPS or node_bits(n) not in bits:
             continue
         r = per_node.get(n.name, float("inf"))
         (ok.add(n.name) if r <= SAFE_MAX else kept.__setitem__(n.name, r))
@@ -108,8 +112,8 @@ def node_bits(node: onnx.NodeProto) -> int:
 def _scale_users(model: onnx.ModelProto) -> dict[str, list[str]]:
     users: dict[str, list[str]] = {}
     for n in model.graph.node:
-        if n.op_type in _SCALED and len(n.input) > _SCALED[n.op_type]:
-            users.setdefault(n.input[_SCALED[n.op_type]], []).append(n.name)
+        if n.op_type in SCALED_OPS and len(n.input) > _SCALES:
+            users.setdefault(n.input[_SCALES], []).append(n.name)
     return users
 
 
@@ -124,10 +128,10 @@ def half_scales(model: onnx.ModelProto, nodes: set[str]) -> dict[str, Any]:
     new_nodes: list[onnx.NodeProto] = []
     count = 0
     for n in g.node:
-        if n.name not in nodes or n.op_type not in _SCALED:
+        if n.name not in nodes or n.op_type not in SCALED_OPS:
             new_nodes.append(n)
             continue
-        s_name = n.input[_SCALED[n.op_type]]
+        s_name = n.input[_SCALES]
         if s_name not in converted:
             _to_half(inits, s_name, n.name)
             converted.add(s_name)
