@@ -170,17 +170,18 @@ def front_table(rows: list[dict[str, Any]]) -> Table | None:
     if len(rows) < 2:
         return None
     cols = ["artifact", "runtime", "size MB", "ppl ratio", "KL", "front (size, ppl ratio)", "front (size, KL)"]
-    body = []
-    for metric in ("perplexity_ratio", "kl"):
-        pts = [r for r in rows if r.get(metric) is not None]
-        front = pareto([r["file_mb"] for r in pts], [r[metric] for r in pts], higher_x_better=False)
-        for i, r in enumerate(pts):
-            r.setdefault("_front", {})[metric] = "yes" if i in front else _dominated_by(r, pts, metric)
-    for r in rows:
-        f = r.pop("_front", {})
-        body.append([r["label"], _rt(r), _f(r["file_mb"], ".1f"), _f(r["perplexity_ratio"], ".4f"),
-                     _f(r.get("kl"), ".4f"), f.get("perplexity_ratio", "-"), f.get("kl", "-")])
+    verdicts = {metric: _front_verdicts(rows, metric) for metric in ("perplexity_ratio", "kl")}
+    body = [[r["label"], _rt(r), _f(r["file_mb"], ".1f"), _f(r["perplexity_ratio"], ".4f"), _f(r.get("kl"), ".4f"),
+             verdicts["perplexity_ratio"].get(i, "-"), verdicts["kl"].get(i, "-")] for i, r in enumerate(rows)]
     return cols, body
+
+
+def _front_verdicts(rows: list[dict[str, Any]], metric: str) -> dict[int, str]:
+    """Row index -> "yes" or what dominates it on (file size, ``metric``), for the rows that have ``metric``."""
+    idx = [i for i, r in enumerate(rows) if r.get(metric) is not None]
+    pts = [rows[i] for i in idx]
+    front = pareto([r["file_mb"] for r in pts], [r[metric] for r in pts], higher_x_better=False)
+    return {i: "yes" if k in front else _dominated_by(pts[k], pts, metric) for k, i in enumerate(idx)}
 
 
 def _dominated_by(r: dict[str, Any], pts: list[dict[str, Any]], metric: str) -> str:
