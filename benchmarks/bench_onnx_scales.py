@@ -37,8 +37,8 @@ def main() -> None:
     from compress.data import check_ids
     from compress.logits import compare
     from compress.manifest import read_manifest
+    from compress.models import load_model
     from export.onnx import OnnxConfig, export_onnx
-    from export.onnx.export import _load
     from export.onnx.validate import torch_logits
     from runtimes.onnx_runtime import OnnxDecoder, make_session
 
@@ -47,7 +47,7 @@ def main() -> None:
     for kind in ("float32", "auto"):
         fields = {"scale_type": kind} | ({"max_length": args.max_length} if args.max_length else {})
         files[kind] = export_onnx(args.artifact, OnnxConfig(**fields), out / f"scales-{kind}")
-    lm = _load(args.artifact)
+    lm = load_model(args.artifact)
     ids = check_ids(lm.tokenizer, args.check)[: args.check]
     ref = torch_logits(lm.model, ids)
     del lm
